@@ -1,0 +1,62 @@
+"""One exception hierarchy for the whole pipeline, with stable error codes.
+
+Every error carries a code (``E0xx``) that stays the same across releases so that
+runbooks and alerts can match on it, and a message that says how to fix the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CountBalanceError",
+    "FeedbackError",
+    "ModelError",
+    "SourceError",
+    "StoreError",
+]
+
+
+class FeedbackError(Exception):
+    """Base class of every error raised by feedback-pipeline.
+
+    Args:
+        message: What went wrong and how to fix it.
+        code: Stable error code; subclasses set a default.
+    """
+
+    code: str = "E000"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        super().__init__(f"[{self.code}] {message}")
+
+
+class ConfigError(FeedbackError):
+    """A YAML configuration file is missing, malformed or fails validation."""
+
+    code = "E001"
+
+
+class SourceError(FeedbackError):
+    """A source could not be read at all (as opposed to one bad row, which is quarantined)."""
+
+    code = "E010"
+
+
+class StoreError(FeedbackError):
+    """The database could not be opened, migrated or written."""
+
+    code = "E020"
+
+
+class CountBalanceError(FeedbackError):
+    """Rows read != stored + duplicates + quarantined for a source: something was silently lost."""
+
+    code = "E021"
+
+
+class ModelError(FeedbackError):
+    """A model folder, head or encoder is missing, corrupt or incompatible."""
+
+    code = "E030"

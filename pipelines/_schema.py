@@ -1,0 +1,151 @@
+"""SQLAlchemy Core schema: one ``MetaData`` for every table the pipeline writes.
+
+JSON is stored as text (``JSONText``) so the same schema works on DuckDB and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "JSONText",
+    "embeddings",
+    "feedback",
+    "metadata",
+    "quarantine",
+    "run_source_counts",
+    "runs",
+    "sentiment",
+    "watermarks",
+]
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON value serialised to a TEXT column (portable across DuckDB and PostgreSQL)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+metadata = MetaData()
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("source", String(100), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("external_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("text", Text, nullable=False, comment="normalized, PII-redacted analysis text"),
+    Column("title", Text),
+    Column("rating", Integer),
+    Column("nps", Integer),
+    Column("customer_id", String(200)),
+    Column("customer_value", Float),
+    Column("author", String(200)),
+    Column("author_followers", Integer),
+    Column("platform", String(50)),
+    Column("url", Text),
+    Column("product", String(200)),
+    Column("store", String(200)),
+    Column("metadata", JSONText),
+    Column("raw", JSONText, comment="source row as read, for audit"),
+    Column("text_hash", String(32), nullable=False, comment="hash of the analysis text"),
+    Column("pii_counts", JSONText),
+    Column("lang", String(8)),
+    Column("lang_confidence", Float),
+    Column("duplicate_of", String(32), comment="set for copy-paste duplicates of another record"),
+    Column("run_id", String(36), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("flow", String(50), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(20), nullable=False),
+    Column("parameters", JSONText),
+    Column("counts", JSONText),
+    Column("model_versions", JSONText),
+    Column("message", Text),
+)
+
+run_source_counts = Table(
+    "run_source_counts",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("source", String(100), primary_key=True),
+    Column("read", Integer, nullable=False),
+    Column("stored", Integer, nullable=False),
+    Column("duplicates", Integer, nullable=False),
+    Column("quarantined", Integer, nullable=False),
+)
+
+watermarks = Table(
+    "watermarks",
+    metadata,
+    Column("source", String(100), primary_key=True),
+    Column("value", Text, nullable=False, comment="ISO timestamp or API cursor"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True, comment="hash of source, reason and raw row"),
+    Column("source", String(100), nullable=False, index=True),
+    Column("run_id", String(36), nullable=False),
+    Column("reason", String(50), nullable=False),
+    Column("detail", Text),
+    Column("raw", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("model_version", String(100), primary_key=True),
+    Column("text_hash", String(32), primary_key=True),
+    Column("vector", LargeBinary, nullable=False, comment="float32 little-endian"),
+)
+
+sentiment = Table(
+    "sentiment",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("model_version", String(100), primary_key=True),
+    Column("label", String(10), nullable=False),
+    Column("negative", Float, nullable=False),
+    Column("neutral", Float, nullable=False),
+    Column("positive", Float, nullable=False),
+    Column("sentences", JSONText),
+    Column("run_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+

@@ -1,0 +1,65 @@
+"""The one interface every analysis stage implements (sentiment, aspects, topics, flags...).
+
+A stage is a small object: ``run`` adds columns to a batch (a pandas DataFrame of feedback
+records) and is pure; ``save`` persists what ``run`` added. Flows call them in order and know
+nothing else about them, so a new stage plugs in without touching the flow.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from pipelines.store import Store
+
+__all__ = ["Stage", "StageContext"]
+
+
+@dataclass
+class StageContext:
+    """What a stage may need beyond the batch itself.
+
+    Attributes:
+        store: The database.
+        run_id: Id of the current run; stored beside every result.
+        options: Free per-run options (e.g. ``{"resend_alerts": True}``).
+    """
+
+    store: Store
+    run_id: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage(ABC):
+    """Base class of the analysis stages.
+
+    Subclasses set ``name`` and implement ``version`` and ``run``; override ``save`` when the
+    stage stores results.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """Code + model version; part of cache keys and stored with every prediction."""
+
+    @abstractmethod
+    def run(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Return ``batch`` with this stage's columns added.
+
+        Args:
+            batch: One row per feedback record (columns of ``feedback`` plus earlier stages').
+            context: Store, run id and options.
+
+        Returns:
+            The batch with new columns; rows are never dropped.
+        """
+
+    def save(self, batch: pd.DataFrame, context: StageContext) -> int:
+        """Persist this stage's columns of ``batch``; returns the number of rows written."""
+        return 0
