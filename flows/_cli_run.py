@@ -1,0 +1,137 @@
+"""``feedback run``, ``feedback ingest`` and ``feedback status``."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import func, select
+
+from pipelines import _schema
+from pipelines.runs import recent_runs
+from pipelines.settings import load_settings
+from pipelines.store import Store, resolve_db_url
+
+__all__ = ["register"]
+
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
+]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
+]
+SourceOption = Annotated[
+    list[str] | None, typer.Option("--source", help="Only this source (repeatable).")
+]
+SinceOption = Annotated[
+    datetime | None, typer.Option("--since", help="Read rows created after this instant.")
+]
+
+
+def _db_url(config: Path | None, db: str | None) -> str:
+    return resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+
+
+def _run_flow(
+    config: Path | None,
+    db: str | None,
+    sources: list[str] | None,
+    since: datetime | None,
+    stages: list[str] | None,
+) -> None:
+    from flows.nightly import nightly
+
+    with console.status("Running the nightly flow..."):
+        summary = nightly(
+            config_dir=str(config) if config else None,
+            db=db,
+            sources=sources,
+            since=since,
+            stages=stages,
+        )
+    table = Table(title=f"Run {summary.run_id}")
+    for column in ("source", "read", "stored", "duplicates", "quarantined"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for counts in summary.sources:
+        table.add_row(
+            counts.source,
+            *(str(v) for v in (counts.read, counts.stored, counts.duplicates, counts.quarantined)),
+        )
+    console.print(table)
+    if summary.languages:
+        console.print("New records by language: " + ", ".join(
+            f"{lang} {count}" for lang, count in sorted(summary.languages.items())
+        ))
+    for name, rows in summary.stage_rows.items():
+        console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
+    console.print(f"Database: {_db_url(config, db)}")
+
+
+def run(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    source: SourceOption = None,
+    since: SinceOption = None,
+) -> None:
+    """Run the nightly flow once: ingest every source, analyse, flag and alert."""
+    _run_flow(config, db, source, since, None)
+
+
+def ingest(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    source: SourceOption = None,
+    since: SinceOption = None,
+) -> None:
+    """Ingest sources into the database without running the analysis stages."""
+    _run_flow(config, db, source, since, [])
+
+
+def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) -> None:
+    """Show recent runs with their counts, and what sits in quarantine."""
+    with Store(_db_url(config, db)) as store:
+        runs = recent_runs(store, limit)
+        table = Table(title="Recent runs")
+        for column in ("started", "flow", "status", "read", "stored", "dup", "quar", "models"):
+            table.add_column(column)
+        for run_row in runs.to_dict(orient="records"):
+            per_source = (run_row.get("counts") or {}).get("sources", [])
+            totals = pd.DataFrame(per_source).sum(numeric_only=True) if per_source else {}
+            table.add_row(
+                f"{run_row['started_at']:%Y-%m-%d %H:%M}",
+                run_row["flow"],
+                run_row["status"] + (f": {run_row['message'][:60]}" if run_row["message"] else ""),
+                *(str(int(totals.get(key, 0))) for key in ("read", "stored", "duplicates", "quarantined")),
+                ", ".join(f"{k}={v}" for k, v in (run_row.get("model_versions") or {}).items()),
+            )
+        console.print(table)
+        quarantine = _schema.quarantine
+        query = (
+            select(quarantine.c.source, quarantine.c.reason, func.count().label("rows"))
+            .group_by(quarantine.c.source, quarantine.c.reason)
+            .order_by(quarantine.c.source)
+        )
+        with store.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        q_table = Table(title="Quarantine")
+        for column in ("source", "reason", "rows"):
+            q_table.add_column(column)
+        for source_name, reason, count in rows:
+            q_table.add_row(source_name, reason, str(count))
+        console.print(q_table)
+        console.print(f"Records stored: {store.count(_schema.feedback)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the run/ingest/status commands to the CLI."""
+    app.command()(run)
+    app.command()(ingest)
+    app.command()(status)
