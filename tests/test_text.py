@@ -1,0 +1,66 @@
+"""Sentence splitting and keyword tokens with blank spaCy pipelines."""
+# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.text import sentencizer, split_sentences, tokens
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "expected"),
+    [
+        (
+            "Ürün çok iyi. Kargo geç geldi! Neden?",
+            "tr",
+            ["Ürün çok iyi.", "Kargo geç geldi!", "Neden?"],
+        ),
+        (
+            "سلام. غذا سرد بود؟ پیک دیر رسید!",
+            "fa",
+            ["سلام.", "غذا سرد بود؟", "پیک دیر رسید!"],
+        ),
+        (
+            "غذا سرد بود.کیفیت خوب نبود؟بله",
+            "fa",
+            ["غذا سرد بود.", "کیفیت خوب نبود؟", "بله"],
+        ),
+        ("قیمت ۱۲.۵ تومان بود. گران است", "fa", ["قیمت ۱۲.۵ تومان بود.", "گران است"]),
+        (
+            "Produsul e bun. Livrarea a întârziat!",
+            "ro",
+            ["Produsul e bun.", "Livrarea a întârziat!"],
+        ),
+        (
+            "Great phone. Battery costs 12.5 dollars? Yes",
+            "en",
+            ["Great phone.", "Battery costs 12.5 dollars?", "Yes"],
+        ),
+        ("Title line\nSentence one. Two", "de", ["Title line", "Sentence one.", "Two"]),
+        ("", "en", []),
+    ],
+)
+def test_split_sentences(text: str, lang: str, expected: list[str]) -> None:
+    assert split_sentences(text, lang) == expected
+
+
+def test_sentencizer_is_cached_and_falls_back_to_xx() -> None:
+    assert sentencizer("fa") is sentencizer("fa")
+    assert sentencizer("de").lang == "xx"
+    assert sentencizer(None) is sentencizer("de")
+    assert sentencizer("tr").lang == "tr"
+
+
+@pytest.mark.parametrize(
+    ("text", "lang", "expected"),
+    [
+        ("KARGO ve IŞIK sorunu [EMAIL] @user 123", "tr", ["kargo", "\u0131ş\u0131k", "sorunu"]),
+        ("The battery is not good at all", "en", ["battery", "good"]),
+        ("Bateria şi ecranul sunt foarte slabe", "ro", ["bateria", "ecranul", "slabe"]),
+        ("من این گوشي را مي\u200cخواهم", "fa", ["گوشی", "می\u200cخواهم"]),
+        ("See [URL:example.com] now!", "en", []),
+    ],
+)
+def test_tokens(text: str, lang: str, expected: list[str]) -> None:
+    assert tokens(text, lang) == expected
