@@ -67,9 +67,10 @@ def _run_flow(
         )
     console.print(table)
     if summary.languages:
-        console.print("New records by language: " + ", ".join(
-            f"{lang} {count}" for lang, count in sorted(summary.languages.items())
-        ))
+        console.print(
+            "New records by language: "
+            + ", ".join(f"{lang} {count}" for lang, count in sorted(summary.languages.items()))
+        )
     for name, rows in summary.stage_rows.items():
         console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
     console.print(f"Database: {_db_url(config, db)}")
@@ -109,7 +110,10 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
                 f"{run_row['started_at']:%Y-%m-%d %H:%M}",
                 run_row["flow"],
                 run_row["status"] + (f": {run_row['message'][:60]}" if run_row["message"] else ""),
-                *(str(int(totals.get(key, 0))) for key in ("read", "stored", "duplicates", "quarantined")),
+                *(
+                    str(int(totals.get(key, 0)))
+                    for key in ("read", "stored", "duplicates", "quarantined")
+                ),
                 ", ".join(f"{k}={v}" for k, v in (run_row.get("model_versions") or {}).items()),
             )
         console.print(table)

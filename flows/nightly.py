@@ -101,7 +101,9 @@ def _summary_markdown(summary: RunSummary) -> str:
         f"| {c.source} | {c.read} | {c.stored} | {c.duplicates} | {c.quarantined} |"
         for c in summary.sources
     ]
-    lines += [f"| {name} | failed: {error} | | | |" for name, error in summary.failed_sources.items()]
+    lines += [
+        f"| {name} | failed: {error} | | | |" for name, error in summary.failed_sources.items()
+    ]
     for title, values in (("channel", summary.channels), ("language", summary.languages)):
         lines += ["", f"| {title} | new records |", "|---|---:|"]
         lines += [f"| {key} | {value} |" for key, value in sorted(values.items())]
@@ -138,7 +140,11 @@ def nightly(
     db_url = resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)
     store = open_store(db_url)
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    parameters = {"sources": sources, "since": since.isoformat() if since else None, "stages": stages}
+    parameters = {
+        "sources": sources,
+        "since": since.isoformat() if since else None,
+        "stages": stages,
+    }
     start_run(store, run_id, "nightly", parameters)
     summary = RunSummary(run_id=run_id)
     try:
@@ -168,7 +174,9 @@ def nightly(
         context = StageContext(store=store, run_id=run_id)
         for stage in build_stages(stages if stages is not None else settings.stages, config_dir):
             records = stage.run(records, context) if not records.empty else records
-            summary.stage_rows[stage.name] = stage.save(records, context) if not records.empty else 0
+            summary.stage_rows[stage.name] = (
+                stage.save(records, context) if not records.empty else 0
+            )
             summary.model_versions[stage.name] = stage.version
         create_markdown_artifact(
             _summary_markdown(summary), key="nightly-summary", description="Counts of this run"

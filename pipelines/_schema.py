@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -23,8 +24,10 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "JSONText",
+    "alerts",
     "embeddings",
     "feedback",
+    "flags",
     "metadata",
     "quarantine",
     "run_source_counts",
@@ -149,3 +152,43 @@ sentiment = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+flags = Table(
+    "flags",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("rules_version", String(100), primary_key=True),
+    Column("flagged", Boolean, nullable=False),
+    Column("priority", String(2), comment="P1/P2/P3; NULL when not flagged"),
+    Column("points", Integer, nullable=False),
+    Column("reasons", JSONText, nullable=False, comment="list of human-readable reasons"),
+    Column("churn_intent", Boolean, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("route", String(100), primary_key=True),
+    Column("kind", String(10), primary_key=True, comment="p1 (one mail) or digest"),
+    Column("alert_id", String(16), nullable=False, comment="short id for the CLI"),
+    Column("priority", String(2), nullable=False),
+    Column("recipients", JSONText, nullable=False),
+    Column("status", String(10), nullable=False, comment="pending, sending, sent or failed"),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("generation", Integer, nullable=False, comment="times re-armed with resend"),
+    Column("payload", JSONText, nullable=False, comment="redacted record snapshot for the mail"),
+    Column("sla_hours", Float, nullable=False),
+    Column("respond_by", DateTime(timezone=True), nullable=False),
+    Column("message_id", String(250)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("acked_at", DateTime(timezone=True)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution", Text),
+)

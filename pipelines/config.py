@@ -1,4 +1,4 @@
-"""Loading and validating the YAML configuration (configuration is data, validated with pydantic)."""
+"""Loading and validating the YAML configuration (data, validated with pydantic)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def _format_location(location: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in location) or "<root>"
 
 
+def _shown_input(value: object, error_type: str) -> str:
+    """The offending value for short scalars only, so secrets in nested mappings never echo."""
+    if error_type == "missing" or not isinstance(value, (str, int, float, bool)):
+        return ""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= 60 else ""
+
+
 def load_yaml_model(path: str | os.PathLike[str], model: type[ModelT]) -> ModelT:
     """Read a YAML file and validate it against a pydantic model.
 
@@ -61,13 +69,15 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[ModelT]) -> ModelT
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}. Fix the syntax at the line shown.") from exc
+        raise ConfigError(
+            f"{file} is not valid YAML: {exc}. Fix the syntax at the line shown."
+        ) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"key '{_format_location(error['loc'])}': {error['msg']}"
-            + (f" (got {error['input']!r})" if error["type"] != "missing" else "")
+            + _shown_input(error["input"], error["type"])
             for error in exc.errors()
         )
         raise ConfigError(

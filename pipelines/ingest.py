@@ -1,4 +1,4 @@
-"""From a source's batch to stored, normalized, language-tagged records, with every row accounted for.
+"""From a source batch to stored, normalized, language-tagged records; every row accounted for.
 
 rows read = stored + duplicates + quarantined, per source and run; anything else raises.
 """
@@ -26,6 +26,7 @@ __all__ = ["DUPLICATE_WINDOW", "SourceCounts", "ingest_batch", "prepare_records"
 
 DUPLICATE_WINDOW = timedelta(days=1)
 EMPTY_AFTER_NORMALIZATION = "empty_after_normalization"
+_RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
 @dataclass(frozen=True)
@@ -85,17 +86,16 @@ def _recent_records(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     authors = [value for value in frame["author"].dropna().unique().tolist()]
     customers = [value for value in frame["customer_id"].dropna().unique().tolist()]
     if not authors and not customers:
-        return pd.DataFrame(columns=["id", "author", "customer_id", "created_at", "text"])
+        return pd.DataFrame(columns=list(_RECENT_COLUMNS))
     oldest = frame["created_at"].min() - DUPLICATE_WINDOW
-    query = select(
-        table.c.id, table.c.author, table.c.customer_id, table.c.created_at, table.c.text
-    ).where(
+    query = select(*(table.c[name] for name in _RECENT_COLUMNS)).where(
         table.c.created_at >= oldest,
         table.c.duplicate_of.is_(None),
         table.c.author.in_(authors) | table.c.customer_id.in_(customers),
     )
     with store.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
+        rows = connection.execute(query).mappings().all()
+    return pd.DataFrame(rows, columns=list(_RECENT_COLUMNS))
 
 
 def _to_rows(frame: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
@@ -155,7 +155,9 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
         )
     store.upsert(_schema.run_source_counts, [{"run_id": run_id, **counts.as_dict()}])
     if batch.watermark is not None:
-        store.set_watermark(batch.source, _later(store.get_watermark(batch.source), batch.watermark))
+        store.set_watermark(
+            batch.source, _later(store.get_watermark(batch.source), batch.watermark)
+        )
     return counts
 
 

@@ -38,7 +38,7 @@ class PipelineSettings(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone; use an IANA name such as Europe/Istanbul") from exc
+            raise ValueError("unknown timezone; use an IANA name such as Europe/Istanbul") from exc
         return value
 
 

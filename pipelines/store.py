@@ -115,9 +115,7 @@ class Store:
             return
         keys = [column.name for column in table.primary_key.columns]
         statement = pg_insert(table)
-        updates = {
-            name: statement.excluded[name] for name in rows[0] if name not in keys
-        }
+        updates = {name: statement.excluded[name] for name in rows[0] if name not in keys}
         if updates:
             statement = statement.on_conflict_do_update(index_elements=keys, set_=updates)
         else:
@@ -148,9 +146,7 @@ class Store:
 
     def set_watermark(self, source: str, value: str) -> None:
         """Store the watermark a later incremental run of ``source`` resumes from."""
-        self.upsert(
-            _schema.watermarks, [{"source": source, "value": value, "updated_at": _now()}]
-        )
+        self.upsert(_schema.watermarks, [{"source": source, "value": value, "updated_at": _now()}])
 
     def quarantine(
         self, source: str, run_id: str, rows: Iterable[tuple[str, str, str | None]]

@@ -12,7 +12,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pipelines.store import Store  # noqa: E402
+from pipelines.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("FEEDBACK_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -29,7 +29,10 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def seed_texts(shared_dir: Path) -> dict[str, str]:
     """Real article texts from ../shared/seeds keyed by file name."""
-    return {path.name: path.read_text(encoding="utf-8") for path in sorted((shared_dir / "seeds").glob("*.txt"))}
+    return {
+        path.name: path.read_text(encoding="utf-8")
+        for path in sorted((shared_dir / "seeds").glob("*.txt"))
+    }
 
 
 @pytest.fixture
