@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)`` adding its commands; keeps this file free of logic.
-_COMMAND_MODULES: tuple[str, ...] = ("flows._cli_run", )
+_COMMAND_MODULES: tuple[str, ...] = ("flows._cli_run", "flows._cli_alerts")
 
 for _module_name in _COMMAND_MODULES:
     importlib.import_module(_module_name).register(app)

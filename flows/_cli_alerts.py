@@ -1,0 +1,125 @@
+"""``feedback alerts list|ack|resolve``: the resolution loop of alert mails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.alerts import ALERT_STATUSES, ack_alert, list_alerts, resolve_alert
+from pipelines.flagging import PRIORITIES
+from pipelines.settings import load_settings
+from pipelines.store import Store
+
+__all__ = ["register"]
+
+console = Console()
+alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to support leads.")
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
+]
+
+
+def _open_store(db: str | None, config: Path | None) -> Store:
+    return Store(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+
+
+def _when(value: object) -> str:
+    return "" if value is None or value != value else f"{value:%Y-%m-%d %H:%M}"
+
+
+@alerts_app.command("list")
+def list_command(
+    status: Annotated[
+        str | None, typer.Option(help=f"Only this status: {', '.join(ALERT_STATUSES)}.")
+    ] = None,
+    priority: Annotated[
+        str | None, typer.Option(help=f"Only this priority: {', '.join(PRIORITIES)}.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many alerts.")] = 50,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List alerts, most recent first."""
+    if status is not None and status not in ALERT_STATUSES:
+        raise typer.BadParameter(f"use one of {', '.join(ALERT_STATUSES)}", param_hint="--status")
+    if priority is not None and priority.upper() not in PRIORITIES:
+        raise typer.BadParameter(f"use one of {', '.join(PRIORITIES)}", param_hint="--priority")
+    with _open_store(db, config) as store:
+        frame = list_alerts(store, status, priority.upper() if priority else None, limit)
+    table = Table(title=f"Alerts ({len(frame)})")
+    table.add_column("id", no_wrap=True)
+    for column in (
+        "prio",
+        "status",
+        "route",
+        "to",
+        "record",
+        "respond by",
+        "sent",
+        "acked",
+        "resolved",
+        "tries",
+        "last error",
+    ):
+        table.add_column(column)
+    for alert in frame.to_dict(orient="records"):
+        table.add_row(
+            alert["alert_id"],
+            alert["priority"],
+            alert["status"],
+            alert["route"],
+            ", ".join(alert["recipients"]),
+            alert["record_id"],
+            _when(alert["respond_by"]),
+            _when(alert["sent_at"]),
+            _when(alert["acked_at"]),
+            _when(alert["resolved_at"]),
+            str(alert["attempts"]),
+            (alert["last_error"] or "")[:60],
+        )
+    console.print(table)
+
+
+@alerts_app.command("ack")
+def ack_command(
+    alert: Annotated[str, typer.Argument(help="Alert id (or record id: all its alerts).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge an alert: someone is on it."""
+    with _open_store(db, config) as store:
+        matched = ack_alert(store, alert)
+    if not matched:
+        console.print(f"[red]No alert with id {alert!r}; see `feedback alerts list`.[/red]")
+        raise typer.Exit(code=1)
+    console.print(f"Acknowledged {matched} alert(s).")
+
+
+@alerts_app.command("resolve")
+def resolve_command(
+    alert: Annotated[str, typer.Argument(help="Alert id (or record id: all its alerts).")],
+    note: Annotated[str | None, typer.Option(help="What was done, kept with the alert.")] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Resolve an alert (records the resolution time for response-time reports)."""
+    with _open_store(db, config) as store:
+        matched = resolve_alert(store, alert, note=note)
+    if not matched:
+        console.print(f"[red]No alert with id {alert!r}; see `feedback alerts list`.[/red]")
+        raise typer.Exit(code=1)
+    console.print(f"Resolved {matched} alert(s).")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``alerts`` command group to the CLI."""
+    app.add_typer(alerts_app, name="alerts")

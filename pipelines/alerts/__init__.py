@@ -1,0 +1,48 @@
+"""Alert support leads about flagged records: exactly-once mail delivery over SMTP or an outbox.
+
+``enqueue_alerts`` turns a flagged batch into rows of the ``alerts`` table (idempotent);
+``deliver_pending`` mails the due ones (P1 one per record, P2/P3 one digest per lead) through a
+``Mailer``; ``ack_alert``/``resolve_alert`` close the loop and ``response_times`` reports it.
+"""
+
+from pipelines.alerts._mailer import (
+    DEFAULT_SENDER,
+    Mailer,
+    OutboxTransport,
+    SmtpSettings,
+    SmtpTransport,
+)
+from pipelines.alerts._messages import build_digest_message, build_p1_message, header_safe
+from pipelines.alerts._queue import (
+    ALERT_STATUSES,
+    DeliveryPolicy,
+    DeliveryReport,
+    ack_alert,
+    alert_id,
+    deliver_pending,
+    enqueue_alerts,
+    list_alerts,
+    resolve_alert,
+    response_times,
+)
+
+__all__ = [
+    "ALERT_STATUSES",
+    "DEFAULT_SENDER",
+    "DeliveryPolicy",
+    "DeliveryReport",
+    "Mailer",
+    "OutboxTransport",
+    "SmtpSettings",
+    "SmtpTransport",
+    "ack_alert",
+    "alert_id",
+    "build_digest_message",
+    "build_p1_message",
+    "deliver_pending",
+    "enqueue_alerts",
+    "header_safe",
+    "list_alerts",
+    "resolve_alert",
+    "response_times",
+]
