@@ -12,7 +12,10 @@ from pipelines.stages import Stage
 __all__ = ["STAGES", "build_stages"]
 
 # name -> "module:Class"; each class offers ``from_config(config_dir) -> Stage``.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "flagging": "pipelines.flagging:FlaggingStage",
+    "alerts": "pipelines.alerts:AlertStage",
+}
 
 
 def build_stages(

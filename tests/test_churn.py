@@ -1,5 +1,5 @@
 """Churn-intent detection on real-looking sentences in tr/fa/ro/en, with negation."""
-# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
+
 
 from __future__ import annotations
 

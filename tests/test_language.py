@@ -1,5 +1,5 @@
 """Language identification on real text (../shared seeds and dev sets) and edge cases."""
-# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
+
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """normalize_text and casefold_for_matching, per language."""
-# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
+
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """PII redaction: every kind with generated valid ids, checksum negatives, and look-alikes."""
-# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
+
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ from pipelines.sources import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TURKISH = [
     "Ürün çok güzel ama kargo çok geç geldi, şikayetçiyim.",
-    "İade süreci ağır işliyor, müşteri hizmetleri hiç yardımcı olmadı.",  # noqa: RUF001
-    "Fiyatı uygun, kalitesi beklediğimden iyi çıktı.",  # noqa: RUF001
+    "İade süreci ağır işliyor, müşteri hizmetleri hiç yardımcı olmadı.",
+    "Fiyatı uygun, kalitesi beklediğimden iyi çıktı.",
 ]
 # Legacy windows-1256 has Arabic yeh/kaf (ي ك), not the Persian forms (ی ک), so files hold those.
 PERSIAN = [

@@ -25,10 +25,12 @@ from pipelines.alerts._queue import (
     resolve_alert,
     response_times,
 )
+from pipelines.alerts._stage import AlertStage
 
 __all__ = [
     "ALERT_STATUSES",
     "DEFAULT_SENDER",
+    "AlertStage",
     "DeliveryPolicy",
     "DeliveryReport",
     "Mailer",
