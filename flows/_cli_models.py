@@ -1,0 +1,169 @@
+"""``feedback analyze``, ``feedback eval`` and ``feedback train sentiment``."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipelines._errors import FeedbackError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipelines.sentiment import SentimentBackend
+
+__all__ = ["register"]
+
+console = Console()
+err_console = Console(stderr=True)
+train_app = typer.Typer(help="Train the models.", no_args_is_help=True)
+
+ConfigDirOption = Annotated[
+    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
+]
+_MAX_BAD_ROWS_SHOWN = 20
+
+
+def _fail(exc: FeedbackError) -> typer.Exit:
+    err_console.print(f"[red]{exc}[/]")
+    return typer.Exit(code=1)
+
+
+def analyze_command(
+    input_path: Annotated[Path, typer.Argument(help="JSONL or CSV with id and text columns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.")],
+    config: ConfigDirOption = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Store to cache document embeddings in (reruns are faster)."),
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows analysed per step.")] = 512,
+) -> None:
+    """Analyse a file of feedback: language, sentiment (document and sentences) per row."""
+    from pipelines.analyze import BadRow, analyze_frame, read_feedback_file, write_jsonl
+    from pipelines.sentiment import SentimentStage
+    from pipelines.stages import StageContext
+    from pipelines.store import Store
+
+    try:
+        frame, bad_rows = read_feedback_file(input_path)
+        stages = [SentimentStage.from_config(config)]
+    except FeedbackError as exc:
+        raise _fail(exc) from exc
+    output.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with tempfile.TemporaryDirectory(prefix="feedback-analyze-") as scratch:
+        store = Store(db if db else Path(scratch) / "analyze.duckdb")
+        context = StageContext(store, str(uuid.uuid4()), {"cache_embeddings": db is not None})
+        progress = Progress(
+            TextColumn("analysing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        )
+        with store, progress, output.open("w", encoding="utf-8") as handle:
+            task = progress.add_task("rows", total=len(frame))
+            for start in range(0, len(frame), chunk_size):
+                chunk = frame.iloc[start : start + chunk_size]
+                analysed = analyze_frame(chunk, stages, context)
+                written += write_jsonl(analysed, handle)
+                for line in analysed.loc[~analysed["analysed"], "line"]:
+                    bad_rows.append(BadRow(int(line), "no text left after normalization"))
+                progress.advance(task, len(chunk))
+    for bad in sorted(bad_rows, key=lambda row: row.line)[:_MAX_BAD_ROWS_SHOWN]:
+        err_console.print(f"[yellow]row {bad.line} skipped:[/] {bad.reason}", soft_wrap=True)
+    if len(bad_rows) > _MAX_BAD_ROWS_SHOWN:
+        err_console.print(f"[yellow]... and {len(bad_rows) - _MAX_BAD_ROWS_SHOWN} more[/]")
+    err_console.print(
+        f"analysed {written} row(s) into {output}; {len(bad_rows)} bad row(s)", soft_wrap=True
+    )
+
+
+def _eval_predictor(
+    backend: SentimentBackend,
+) -> Callable[[Sequence[str], Sequence[str | None]], np.ndarray]:
+    """``(texts, langs) -> proba``; the e5 backend reuses the on-disk embedding cache."""
+    from models.sentiment import FeatureCache
+    from pipelines.sentiment import E5HeadBackend
+
+    if not isinstance(backend, E5HeadBackend):
+        return backend.predict_proba
+    cache = FeatureCache(backend.encoder)
+
+    def predict(texts: Sequence[str], langs: Sequence[str | None]) -> np.ndarray:
+        return backend.head.predict_proba(cache.embeddings(texts))
+
+    return predict
+
+
+def eval_command(
+    path: Annotated[Path, typer.Argument(help="Folder searched for data.jsonl files.")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "dev",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the report: .json, else markdown.")
+    ] = None,
+    config: ConfigDirOption = None,
+) -> None:
+    """Score the configured sentiment model on labelled data.jsonl files."""
+    from models.evaluate import evaluate_folder, print_report, write_report
+    from pipelines.sentiment import build_backend, load_sentiment_config
+
+    try:
+        backend = build_backend(load_sentiment_config(config))
+        with err_console.status(f"Scoring {path} ({split})..."):
+            report = evaluate_folder(path, _eval_predictor(backend), backend.version, split)
+    except FeedbackError as exc:
+        raise _fail(exc) from exc
+    print_report(report, console)
+    if out is not None:
+        console.print(f"report written to {write_report(report, out)}")
+
+
+@train_app.command("sentiment")
+def train_sentiment_command(
+    config: Annotated[Path, typer.Option("--config", help="Training configuration file.")] = Path(
+        "configs/training.yaml"
+    ),
+    datasets_dir: Annotated[
+        Path | None,
+        typer.Option("--datasets", help="Folder of labelled sets (default ../shared/datasets)."),
+    ] = None,
+) -> None:
+    """Train the sentiment head; writes the head and the model card."""
+    from models.encoder import Encoder
+    from models.evaluate import print_report
+    from models.sentiment import FeatureCache
+    from models.sentiment.train import load_training_config, train_head, write_model_card
+
+    try:
+        settings = load_training_config(config)
+        encoder = Encoder.load(dtype=settings.encoder_dtype)
+        result = train_head(settings, FeatureCache(encoder), datasets_dir, err_console.print)
+    except FeedbackError as exc:
+        raise _fail(exc) from exc
+    head_path = result.head.save(settings.resolved(settings.output))
+    card_path = write_model_card(result, settings, settings.resolved(settings.card))
+    print_report(result.report, console)
+    console.print(
+        f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f} "
+        f"(T = {result.head.metadata.temperature:.3f}); head {head_path}, card {card_path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``analyze``, ``eval`` and ``train sentiment`` to the ``feedback`` app.
+
+    Args:
+        app: The root typer app.
+    """
+    app.command("analyze")(analyze_command)
+    app.command("eval")(eval_command)
+    app.add_typer(train_app, name="train")

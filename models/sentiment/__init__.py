@@ -1,0 +1,42 @@
+"""Sentiment heads over frozen e5 embeddings: labelled sets, embedding cache, the head artifact.
+
+Training lives in :mod:`models.sentiment.train` (imported on demand: it needs torch).
+
+Typical use::
+
+    from models.sentiment import SentimentHead
+
+    head = SentimentHead.load("models/heads/sentiment-e5.json")
+    proba = head.predict_proba(embeddings)  # (N, 3) negative/neutral/positive
+"""
+
+from __future__ import annotations
+
+from models.sentiment._datasets import (
+    LABELS,
+    SHARED_DIR_ENV,
+    DatasetInfo,
+    DatasetSplit,
+    analysis_text,
+    discover_datasets,
+    read_split,
+    shared_datasets_dir,
+)
+from models.sentiment._features import FeatureCache
+from models.sentiment._head import HeadMetadata, SentimentHead, binary_proba, softmax
+
+__all__ = [
+    "LABELS",
+    "SHARED_DIR_ENV",
+    "DatasetInfo",
+    "DatasetSplit",
+    "FeatureCache",
+    "HeadMetadata",
+    "SentimentHead",
+    "analysis_text",
+    "binary_proba",
+    "discover_datasets",
+    "read_split",
+    "shared_datasets_dir",
+    "softmax",
+]

@@ -1,0 +1,70 @@
+"""Training-time embedding cache on disk, keyed by encoder version and the exact texts.
+
+Embedding the ~53k labelled texts takes many minutes on a small CPU; the vectors are kept
+under ``<cache root>/sentiment-features/<encoder version>/<encoder dtype>/`` (never in the
+repository) so that retraining a head costs seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.encoder import default_cache_root
+
+if TYPE_CHECKING:
+    from models.encoder import Encoder
+
+__all__ = ["FeatureCache"]
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Passage embeddings of labelled texts, computed once per encoder version.
+
+    Args:
+        encoder: The encoder whose vectors are cached.
+        cache_root: Cache root; None uses ``$FEEDBACK_CACHE_DIR`` or ``~/.cache/feedback-pipeline``.
+    """
+
+    def __init__(self, encoder: Encoder, cache_root: str | os.PathLike[str] | None = None) -> None:
+        self.encoder = encoder
+        root = Path(cache_root) if cache_root is not None else default_cache_root()
+        self.folder = root.expanduser() / "sentiment-features" / encoder.version / encoder.dtype
+
+    def path_for(self, texts: Sequence[str]) -> Path:
+        """Where the vectors of exactly these texts, in this order, are (or will be) stored."""
+        return self.folder / f"{len(texts)}-{_texts_digest(texts)}.npy"
+
+    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm passage embeddings of ``texts``, from disk when already computed.
+
+        Args:
+            texts: Analysis texts, in order.
+
+        Returns:
+            ``(len(texts), 384)`` float32 array.
+        """
+        path = self.path_for(texts)
+        if path.is_file():
+            return np.load(path)
+        vectors = self.encoder.encode(list(texts), kind="passage")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".npy.tmp")
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, vectors)
+        os.replace(temporary, path)
+        return vectors

@@ -1,0 +1,142 @@
+"""Text embeddings for the analysis stages: reuse what the batch or the store already holds.
+
+Order of preference for a record's vector: the batch's ``embedding`` column (written by the
+sentiment stage), the ``embeddings`` table keyed by (encoder version, text hash), and only then
+the encoder itself (whose new vectors are written back to the table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from pipelines import _schema
+from pipelines.dedupe import text_hash
+
+if TYPE_CHECKING:
+    from models.encoder import Encoder
+    from pipelines.store import Store
+
+__all__ = ["EMBEDDING_COLUMN", "TextEmbedder"]
+
+EMBEDDING_COLUMN = "embedding"
+_LOOKUP_CHUNK = 1000
+_DIM = 384  # multilingual-e5-small
+
+
+def _as_vector(value: object) -> np.ndarray | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    vector = np.asarray(value, dtype=np.float32)
+    return vector if vector.ndim == 1 and vector.size > 0 else None
+
+
+class TextEmbedder:
+    """Passage embeddings with the shared encoder, cached in the store.
+
+    Args:
+        encoder: A loaded encoder; None loads ``Encoder.load()`` the first time a text has to
+            be encoded (batches that carry embeddings never load it).
+        store: Where the ``embeddings`` cache lives; None disables the cache.
+    """
+
+    def __init__(self, encoder: Encoder | None = None, store: Store | None = None) -> None:
+        self._encoder = encoder
+        self.store = store
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder, loaded on first use."""
+        if self._encoder is None:
+            from models.encoder import Encoder
+
+            self._encoder = Encoder.load()
+        return self._encoder
+
+    @property
+    def version(self) -> str:
+        """Encoder version (the ``model_version`` key of the ``embeddings`` table)."""
+        if self._encoder is not None:
+            return self._encoder.version
+        from models.encoder import encoder_version
+
+        return encoder_version()
+
+    def _cached(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if self.store is None or not hashes:
+            return {}
+        table = _schema.embeddings
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self.store.engine.connect() as connection:
+            for start in range(0, len(unique), _LOOKUP_CHUNK):
+                rows = connection.execute(
+                    select(table.c.text_hash, table.c.vector).where(
+                        table.c.model_version == self.version,
+                        table.c.text_hash.in_(unique[start : start + _LOOKUP_CHUNK]),
+                    )
+                )
+                for key, blob in rows:
+                    found[key] = np.frombuffer(blob, dtype="<f4").copy()
+        return found
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm passage embeddings of ``texts``, from the cache where possible.
+
+        Args:
+            texts: The texts exactly as analysed.
+
+        Returns:
+            Array of shape (len(texts), dim), float32.
+        """
+        if not texts:
+            return np.zeros((0, _DIM), dtype=np.float32)
+        hashes = [text_hash(text) for text in texts]
+        cached = self._cached(hashes)
+        missing = list(dict.fromkeys(h for h in hashes if h not in cached))
+        if missing:
+            text_of = dict(zip(hashes, texts, strict=True))
+            vectors = self.encoder.encode([text_of[h] for h in missing], kind="passage")
+            fresh = dict(zip(missing, vectors, strict=True))
+            if self.store is not None:
+                self.store.insert_ignore(
+                    _schema.embeddings,
+                    [
+                        {
+                            "model_version": self.version,
+                            "text_hash": key,
+                            "vector": np.asarray(vector, dtype="<f4").tobytes(),
+                        }
+                        for key, vector in fresh.items()
+                    ],
+                )
+            cached.update(fresh)
+        return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
+
+    def batch_embeddings(self, batch: pd.DataFrame, text_column: str = "text") -> np.ndarray:
+        """One vector per row of ``batch``: its ``embedding`` value, else cached/encoded text.
+
+        Args:
+            batch: Records; may carry an ``embedding`` column of 1-d arrays (None where absent).
+            text_column: Column holding the analysed text.
+
+        Returns:
+            Array of shape (len(batch), dim), float32, rows in batch order.
+        """
+        given: list[np.ndarray | None] = (
+            [_as_vector(value) for value in batch[EMBEDDING_COLUMN]]
+            if EMBEDDING_COLUMN in batch.columns
+            else [None] * len(batch)
+        )
+        todo = [index for index, vector in enumerate(given) if vector is None]
+        if todo:
+            texts = [str(batch[text_column].iloc[index]) for index in todo]
+            for index, vector in zip(todo, self.embed(texts), strict=True):
+                given[index] = vector
+        if not given:
+            return np.zeros((0, _DIM), dtype=np.float32)
+        return np.stack(given).astype(np.float32, copy=False)  # type: ignore[arg-type]

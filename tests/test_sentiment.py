@@ -1,0 +1,308 @@
+"""Sentiment: head artifact, training pieces, both backends, the stage and its stored rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sqlalchemy import select
+
+from models.sentiment import HeadMetadata, SentimentHead, binary_proba
+from models.sentiment.train import (
+    _Features,
+    _loss,
+    fit_temperature,
+    row_weights,
+)
+from pipelines import _schema
+from pipelines._errors import ConfigError, ModelError
+from pipelines.sentiment import (
+    E5HeadBackend,
+    HFSequenceClassificationBackend,
+    HFSettings,
+    SentimentStage,
+    load_sentiment_config,
+)
+from pipelines.stages import StageContext
+from pipelines.store import Store
+from tests._tiny_models import build_tiny_classifier
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMITTED_HEAD = REPO_ROOT / "models" / "heads" / "sentiment-e5.json"
+
+
+def _random_head(hidden_dim: int, seed: int = 0) -> SentimentHead:
+    generator = np.random.default_rng(seed)
+    weights = {
+        "out.weight": generator.normal(size=(3, hidden_dim or 384)),
+        "out.bias": generator.normal(size=3),
+    }
+    if hidden_dim:
+        weights["hidden.weight"] = generator.normal(size=(hidden_dim, 384))
+        weights["hidden.bias"] = generator.normal(size=hidden_dim)
+    metadata = HeadMetadata(
+        version="test-head", encoder_version="enc-x", hidden_dim=hidden_dim, temperature=1.7
+    )
+    return SentimentHead(weights, metadata)
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 8])
+def test_head_round_trip_and_probabilities(tmp_path: Path, hidden_dim: int) -> None:
+    head = _random_head(hidden_dim)
+    embeddings = np.random.default_rng(1).normal(size=(5, 384)).astype(np.float32)
+    proba = head.predict_proba(embeddings)
+    assert proba.shape == (5, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    metadata_path = head.save(tmp_path / "heads" / "h")
+    assert metadata_path.name == "h.json" and (tmp_path / "heads" / "h.safetensors").is_file()
+    loaded = SentimentHead.load(metadata_path)
+    assert loaded.version == "test-head" and loaded.metadata.temperature == 1.7
+    np.testing.assert_allclose(loaded.predict_proba(embeddings), proba, rtol=1e-6)
+
+
+def test_temperature_flattens_but_keeps_the_argmax() -> None:
+    head = _random_head(0)
+    embeddings = np.random.default_rng(2).normal(size=(20, 384))
+    sharp = head.predict_proba(embeddings)
+    head.metadata.temperature = 10.0
+    flat = head.predict_proba(embeddings)
+    assert (flat.argmax(axis=1) == sharp.argmax(axis=1)).all()
+    assert flat.max(axis=1).mean() < sharp.max(axis=1).mean()
+
+
+def test_head_errors_say_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="feedback train sentiment"):
+        SentimentHead.load(tmp_path / "missing.json")
+    with pytest.raises(ModelError, match=r"expects \(N, 384\)"):
+        _random_head(0).predict_proba(np.zeros((2, 10)))
+
+
+def test_binary_proba_drops_neutral() -> None:
+    result = binary_proba(np.array([[0.2, 0.6, 0.2], [0.1, 0.8, 0.1 + 0.0]]))
+    np.testing.assert_allclose(result[:, 1], 0.0)
+    np.testing.assert_allclose(result[:, [0, 2]].sum(axis=1), 1.0)
+
+
+def test_binary_rows_never_train_the_neutral_side() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0]], requires_grad=True)
+    _loss(logits, torch.tensor([2]), torch.tensor([True]), torch.tensor([1.0])).backward()
+    assert logits.grad is not None and logits.grad[0, 1] == 0.0
+    # The same row from a 3-class set pushes the neutral logit down.
+    three_class = torch.tensor([[1.0, 3.0, 2.0]], requires_grad=True)
+    _loss(three_class, torch.tensor([2]), torch.tensor([False]), torch.tensor([1.0])).backward()
+    assert three_class.grad is not None and three_class.grad[0, 1] > 0.0
+
+
+def test_row_weights_balance_classes_and_languages() -> None:
+    features = _Features(
+        splits=[],
+        vectors=np.zeros((6, 2), dtype=np.float32),
+        labels=np.array([0, 0, 0, 2, 0, 2]),
+        binary=np.array([True, True, True, True, False, False]),
+        langs=np.array(["ro", "ro", "ro", "ro", "tr", "tr"]),
+        dataset_index=np.array([0, 0, 0, 0, 1, 1]),
+    )
+    weights = row_weights(features, balance_classes=True, balance_languages=True)
+    assert weights.mean() == pytest.approx(1.0)
+    # Within the Romanian set the one positive row weighs as much as the three negatives.
+    assert weights[3] == pytest.approx(3 * weights[0])
+    # Each language has the same total weight.
+    assert weights[:4].sum() == pytest.approx(weights[4:].sum())
+
+
+def test_fit_temperature_recovers_overconfidence() -> None:
+    generator = np.random.default_rng(3)
+    true_logits = generator.normal(scale=1.5, size=(4000, 3))
+    proba = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([generator.choice(3, p=row) for row in proba])
+    fitted = fit_temperature(true_logits * 2.5, labels, np.zeros(len(labels), dtype=bool))
+    assert fitted == pytest.approx(2.5, rel=0.15)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny BERT classifier that always favours its label 'POS'."""
+    return build_tiny_classifier(tmp_path_factory.mktemp("tiny-bert"), favoured_label=2)
+
+
+def _write_hf_config(folder: Path, model_dir: Path, labels: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentiment.yaml").write_text(
+        json.dumps(
+            {
+                "backend": "hf_sequence_classification",
+                "hf_sequence_classification": {"path": str(model_dir), "labels": labels},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def test_hf_backend_maps_labels_from_config(tiny_model_dir: Path, tmp_path: Path) -> None:
+    straight = HFSequenceClassificationBackend(
+        HFSettings(
+            path=tiny_model_dir, labels={"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+        )
+    )
+    proba = straight.predict_proba(["the food was good", "bad", "unknown words here"], [None] * 3)
+    assert proba.shape == (3, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert (proba.argmax(axis=1) == 2).all()
+    assert straight.version.startswith("hf-")
+    # Mapping the model's POS label to our "negative" moves the mass there.
+    config_dir = _write_hf_config(
+        tmp_path / "cfg", tiny_model_dir, {"NEG": "positive", "NEU": "neutral", "POS": "negative"}
+    )
+    swapped = SentimentStage.from_config(config_dir).backend
+    assert (swapped.predict_proba(["good"], ["en"]).argmax(axis=1) == 0).all()
+
+
+def test_hf_backend_two_model_labels_onto_one_class(tiny_model_dir: Path) -> None:
+    merged = HFSequenceClassificationBackend(
+        HFSettings(
+            path=tiny_model_dir, labels={"NEG": "negative", "NEU": "positive", "POS": "positive"}
+        )
+    )
+    proba = merged.predict_proba(["ok"], [None])
+    assert proba[0, 1] == 0.0 and proba[0, 2] > 0.98
+
+
+def test_hf_backend_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"model labels \['NEU'\]"):
+        HFSequenceClassificationBackend(
+            HFSettings(path=tiny_model_dir, labels={"NEG": "negative", "POS": "positive"})
+        )
+    with pytest.raises(ModelError, match=r"no config\.json"):
+        HFSequenceClassificationBackend(
+            HFSettings(path=tmp_path, labels={"NEG": "negative", "POS": "positive"})
+        )
+
+
+def test_sentiment_config_validation(tmp_path: Path) -> None:
+    (tmp_path / "sentiment.yaml").write_text("backend: hf_sequence_classification\n")
+    with pytest.raises(ConfigError, match="needs a hf_sequence_classification section"):
+        load_sentiment_config(tmp_path)
+    (tmp_path / "sentiment.yaml").write_text(
+        "backend: hf_sequence_classification\n"
+        "hf_sequence_classification: {path: /x, labels: {A: negative}}\n"
+    )
+    with pytest.raises(ConfigError, match="positive"):
+        load_sentiment_config(tmp_path)
+    (tmp_path / "sentiment.yaml").write_text("backend: magic\n")
+    with pytest.raises(ConfigError, match="key 'backend'"):
+        load_sentiment_config(tmp_path)
+    assert load_sentiment_config().backend == "e5_head"
+
+
+def test_stage_with_hf_backend_adds_columns_and_saves(
+    tiny_model_dir: Path, tmp_path: Path, store: Store
+) -> None:
+    config_dir = _write_hf_config(
+        tmp_path / "cfg", tiny_model_dir, {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+    )
+    stage = SentimentStage.from_config(config_dir)
+    batch = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "text": ["The food was good. The food was bad.", "ok"],
+            "lang": ["en", "en"],
+        }
+    )
+    context = StageContext(store, str(uuid.uuid4()))
+    result = stage.run(batch, context)
+    assert list(result["sentiment"]) == ["positive", "positive"]
+    assert [len(sentences) for sentences in result["sentences"]] == [2, 1]
+    assert result["sentences"][0][1]["text"] == "The food was bad."
+    assert sum(result["sentiment_scores"][1].values()) == pytest.approx(1.0)
+    assert "embedding" not in result.columns  # the HF backend has no document vectors
+    assert stage.save(result, context) == 2
+    with store.engine.connect() as connection:
+        rows = connection.execute(select(_schema.sentiment)).mappings().all()
+    assert {row["model_version"] for row in rows} == {stage.version}
+    assert rows[0]["negative"] + rows[0]["neutral"] + rows[0]["positive"] == pytest.approx(1.0)
+
+
+# --- The real encoder and the committed head -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e5_stage() -> SentimentStage:
+    """The default stage: converted encoder + committed head (built by `make`)."""
+    if not COMMITTED_HEAD.is_file():
+        pytest.fail(f"{COMMITTED_HEAD} missing; run `feedback train sentiment`")
+    return SentimentStage.from_config()
+
+
+OBVIOUS = [
+    ("tr", "Harika bir ürün, çok memnun kaldım, herkese tavsiye ederim.", "positive"),
+    ("tr", "Berbat bir ürün, iki gün sonra bozuldu, paramı geri istiyorum.", "negative"),
+    ("fa", "کیفیت غذا عالی بود و خیلی سریع رسید، ممنونم.", "positive"),
+    ("fa", "غذا سرد و بی‌کیفیت بود، خیلی بد بود و دیگر سفارش نمی‌دهم.", "negative"),
+    ("ro", "Produs excelent, funcționează perfect, recomand cu încredere!", "positive"),
+    ("ro", "Foarte prost, s-a stricat după o zi, nu recomand nimănui.", "negative"),
+    ("en", "Great flight, friendly crew and we landed early. Thank you!", "positive"),
+    ("en", "Worst airline ever, lost my bag and nobody helped. Never again.", "negative"),
+]
+
+
+def test_committed_head_on_obvious_sentences(e5_stage: SentimentStage, store: Store) -> None:
+    batch = pd.DataFrame(
+        {
+            "id": [f"r{index}" for index in range(len(OBVIOUS))],
+            "text": [text for _, text, _ in OBVIOUS],
+            "lang": [lang for lang, _, _ in OBVIOUS],
+        }
+    )
+    result = e5_stage.run(batch, StageContext(store, "run-1"))
+    assert list(result["sentiment"]) == [label for _, _, label in OBVIOUS]
+    assert result["embedding"][0].shape == (384,)
+    assert result["model_version"][0] == e5_stage.version
+
+
+def test_angry_sentence_in_a_positive_review_surfaces(
+    e5_stage: SentimentStage, store: Store
+) -> None:
+    review = (
+        "I have ordered from this shop for years and the quality is always great. "
+        "The packaging is lovely and the prices are fair. "
+        "But the courier threw my parcel over the fence and broke it, absolutely furious! "
+        "Otherwise the customer support team is friendly and helpful."
+    )
+    batch = pd.DataFrame({"id": ["m1"], "text": [review], "lang": ["en"]})
+    result = e5_stage.run(batch, StageContext(store, "run-1"))
+    sentences = result["sentences"][0]
+    assert len(sentences) == 4
+    negatives = [sentence["sentiment_scores"]["negative"] for sentence in sentences]
+    angriest = int(np.argmax(negatives))
+    assert "furious" in sentences[angriest]["text"]
+    assert negatives[angriest] > 0.8
+    assert max(negatives[:angriest] + negatives[angriest + 1 :]) < 0.5
+    # The document as a whole does not read as negative: only the sentence view shows it.
+    assert result["sentiment_scores"][0]["negative"] < negatives[angriest] - 0.3
+    assert result["sentence_embeddings"][0].shape == (4, 384)
+
+
+def test_document_embeddings_are_cached_in_the_store(
+    e5_stage: SentimentStage, store: Store
+) -> None:
+    batch = pd.DataFrame({"id": ["c1", "c2"], "text": ["Süper hızlı kargo.", "Çok kötü."]})
+    context = StageContext(store, "run-1")
+    first = e5_stage.run(batch, context)
+    assert store.count(_schema.embeddings) == 2
+    cached = e5_stage.run(batch, context)
+    assert store.count(_schema.embeddings) == 2
+    np.testing.assert_allclose(cached["embedding"][0], first["embedding"][0])
+    assert cached["sentiment_scores"][0] == pytest.approx(first["sentiment_scores"][0])
+
+
+def test_head_trained_on_another_encoder_is_refused(e5_stage: SentimentStage) -> None:
+    backend = e5_stage.backend
+    assert isinstance(backend, E5HeadBackend)
+    with pytest.raises(ModelError, match="retrain"):
+        E5HeadBackend(backend.encoder, _random_head(0))
