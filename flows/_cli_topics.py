@@ -1,0 +1,92 @@
+"""``feedback topics`` (list discovered topics) and ``feedback topics rename ID LABEL``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines._errors import ModelError
+from pipelines.settings import load_settings
+from pipelines.store import Store
+from pipelines.topics import list_topics, rename_topic
+
+__all__ = ["register"]
+
+console = Console()
+topics_app = typer.Typer(
+    help="Discovered topics: list them, rename one (labels survive refits).",
+    invoke_without_command=True,
+)
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
+]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
+]
+
+
+def _open_store(db: str | None, config: Path | None) -> Store:
+    return Store(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+
+
+@topics_app.callback()
+def topics_command(
+    context: typer.Context,
+    examples: Annotated[int, typer.Option(help="Example texts shown per topic.")] = 2,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List topics: id, label, size, net sentiment (-100..100), languages, example texts."""
+    if context.invoked_subcommand is not None:
+        return
+    with _open_store(db, config) as store:
+        frame = list_topics(store, examples=examples)
+    if frame.empty:
+        console.print("No topic model yet: run the nightly pipeline first (`feedback run`).")
+        return
+    table = Table(title=f"Topics ({len(frame)})")
+    for column in ("id", "label", "size", "net", "languages", "examples"):
+        table.add_column(column, overflow="fold")
+    for topic in frame.to_dict(orient="records"):
+        net = topic["net_sentiment"]
+        table.add_row(
+            str(topic["id"]),
+            topic["label"],
+            str(topic["size"]),
+            "" if net is None or net != net else f"{int(net):+d}",
+            ", ".join(f"{lang} {count}" for lang, count in topic["languages"].items()),
+            "\n".join(topic["examples"]),
+        )
+    console.print(table)
+
+
+@topics_app.command("rename")
+def rename_command(
+    topic_id: Annotated[int, typer.Argument(help="Topic id from `feedback topics`.")],
+    label: Annotated[str, typer.Argument(help='New label, e.g. "Late deliveries".')],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Give a topic a human label; it is kept when the topic model is refitted."""
+    with _open_store(db, config) as store:
+        try:
+            rename_topic(store, topic_id, label)
+        except ModelError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(code=1) from exc
+    console.print(f"Topic {topic_id} is now {label.strip()!r}.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``topics`` command group to the CLI.
+
+    Args:
+        app: The root typer app.
+    """
+    app.add_typer(topics_app, name="topics")

@@ -1,0 +1,313 @@
+"""Train and evaluate the aspect heads on the annotated data sets of ../shared/datasets.
+
+Usage::
+
+    python -m models.aspects_train [--shared ../shared] [--out models/heads]
+
+Data: the sets of ``ANNOTATED_SETS`` with their categories mapped onto ``configs/aspects.yaml``
+by its ``dataset_mapping`` (airline tweets: negative ones only, the complaint reason being
+annotated only for them) plus the YAML example phrases (weight ``EXAMPLE_WEIGHT`` each).
+Train split -> heads, prototype calibration and thresholds (4-fold out-of-fold F1 on train for
+aspects with at least ``MIN_HEAD_POSITIVES`` mapped rows; ``EXAMPLE_ONLY_THRESHOLD`` for heads
+learnt from the examples alone); dev split -> the per-aspect figures written into the heads'
+JSON and printed as the Markdown table of ``models/cards/aspects.md``. No text is written
+anywhere; embeddings are cached under the encoder cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import fbeta_score, precision_recall_fscore_support
+from sklearn.model_selection import cross_val_predict
+
+from pipelines.aspects import (
+    DEFAULT_HEADS_DIR,
+    AspectConfig,
+    AspectHeads,
+    load_aspect_config,
+    prototype_similarity,
+)
+
+__all__ = ["ANNOTATED_SETS", "AnnotatedRows", "evaluate", "load_annotated", "main", "train"]
+
+# (language folder, data set, key of ``dataset_mapping``)
+ANNOTATED_SETS: tuple[tuple[str, str, str], ...] = (
+    ("tr", "semeval16_restaurants_tr", "semeval16_restaurants"),
+    ("en", "semeval16_restaurants_en", "semeval16_restaurants"),
+    ("en", "semeval16_laptops_en", "semeval16_laptops"),
+    ("en", "twitter_us_airline_sentiment_en", "twitter_us_airline_sentiment"),
+)
+_NEGATIVE_ONLY = {"twitter_us_airline_sentiment_en"}
+MIN_HEAD_POSITIVES = 50
+_THRESHOLD_GRID = np.round(np.arange(0.30, 0.951, 0.01), 2)
+_HEAD_C = 4.0
+# Weight of one YAML example phrase in head training: the data sets are airline tweets and
+# restaurant/laptop reviews; weighted examples keep the heads general (retail, tr/fa/ro).
+EXAMPLE_WEIGHT = 20.0
+# Threshold of heads learnt from the YAML examples only (no data set has the aspect): the
+# balanced logistic head's natural midpoint; override per aspect in the YAML.
+EXAMPLE_ONLY_THRESHOLD = 0.5
+
+
+@dataclass
+class AnnotatedRows:
+    """Mapped rows of the annotated sets (texts stay in memory only)."""
+
+    texts: list[str]
+    datasets: np.ndarray
+    splits: np.ndarray
+    gold: np.ndarray  # (N, A) bool, columns = config.detectable order
+
+
+def load_annotated(shared_dir: Path, config: AspectConfig) -> AnnotatedRows:
+    """Read the annotated sets and map their categories onto the taxonomy.
+
+    Args:
+        shared_dir: The ../shared folder.
+        config: The taxonomy with its ``dataset_mapping``.
+
+    Returns:
+        The rows.
+    """
+    names = [aspect.name for aspect in config.detectable]
+    texts: list[str] = []
+    datasets: list[str] = []
+    splits: list[str] = []
+    gold: list[list[bool]] = []
+    for lang, dataset, mapping in ANNOTATED_SETS:
+        with (shared_dir / "datasets" / lang / dataset / "data.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if dataset in _NEGATIVE_ONLY and row["label"] != "neg":
+                    continue
+                mapped = {config.map_category(mapping, a["category"]) for a in row["aspects"]}
+                texts.append(row["text"])
+                datasets.append(dataset)
+                splits.append(row["split"])
+                gold.append([name in mapped for name in names])
+    return AnnotatedRows(texts, np.array(datasets), np.array(splits), np.array(gold, dtype=bool))
+
+
+def _embed_cached(texts: list[str], kind_note: str) -> tuple[np.ndarray, str]:
+    from models.encoder import Encoder, default_cache_root
+
+    encoder = Encoder.load()
+    digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
+    cache = default_cache_root() / "training" / f"{kind_note}-{encoder.version}-{digest}.npy"
+    if cache.is_file():
+        return np.load(cache), encoder.version
+    vectors = encoder.encode(texts, kind="passage")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors, encoder.version
+
+
+def _best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
+    f1 = [
+        precision_recall_fscore_support(truth, scores >= t, average="binary", zero_division=0)[2]
+        for t in _THRESHOLD_GRID
+    ]
+    return float(_THRESHOLD_GRID[int(np.argmax(f1))])
+
+
+def train(
+    rows: AnnotatedRows,
+    embeddings: np.ndarray,
+    example_vectors: list[np.ndarray],
+    config: AspectConfig,
+    encoder_version: str,
+) -> AspectHeads:
+    """Fit the prototype calibration, the heads and their thresholds on the train split.
+
+    Args:
+        rows: Mapped annotated rows.
+        embeddings: Their passage embeddings.
+        example_vectors: Per detectable aspect, its example-phrase embeddings.
+        config: The taxonomy.
+        encoder_version: Encoder behind the embeddings.
+
+    Returns:
+        The heads (not yet evaluated or saved).
+    """
+    names = [aspect.name for aspect in config.detectable]
+    train_rows = rows.splits == "train"
+    centred = prototype_similarity(embeddings[train_rows], example_vectors, config.prototype_top_k)
+    truth = rows.gold[train_rows]
+    calibration = LogisticRegression(max_iter=1000, class_weight="balanced").fit(
+        centred.reshape(-1, 1), truth.reshape(-1)
+    )
+    slope = float(calibration.coef_[0, 0])
+    intercept = float(calibration.intercept_[0])
+    pooled = 1.0 / (1.0 + np.exp(-(slope * centred + intercept)))
+    # Prototype-only aspects are new or without data: favour precision (macro F0.5).
+    supported = np.flatnonzero(truth.any(axis=0))
+    macro_f_half = [
+        np.mean(
+            [
+                fbeta_score(truth[:, column], pooled[:, column] >= t, beta=0.5, zero_division=0)
+                for column in supported
+            ]
+        )
+        for t in _THRESHOLD_GRID
+    ]
+    prototype_threshold = float(_THRESHOLD_GRID[int(np.argmax(macro_f_half))])
+    weights: dict[str, np.ndarray] = {}
+    biases: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    # The YAML examples (every language) join the training rows as weighted labelled phrases.
+    features = np.vstack([embeddings[train_rows], *example_vectors])
+    row_weights = np.concatenate(
+        [
+            np.ones(int(train_rows.sum())),
+            np.full(len(features) - int(train_rows.sum()), EXAMPLE_WEIGHT),
+        ]
+    )
+    for column, name in enumerate(names):
+        positives = truth[:, column]
+        labels = np.concatenate(
+            [positives, *[np.full(len(v), i == column) for i, v in enumerate(example_vectors)]]
+        )
+        head = LogisticRegression(C=_HEAD_C, max_iter=3000, class_weight="balanced")
+        if positives.sum() >= MIN_HEAD_POSITIVES:
+            out_of_fold = cross_val_predict(
+                head, embeddings[train_rows], positives, cv=4, method="predict_proba"
+            )[:, 1]
+            thresholds[name] = _best_threshold(positives, out_of_fold)
+        else:
+            thresholds[name] = EXAMPLE_ONLY_THRESHOLD
+        head.fit(features, labels, sample_weight=row_weights)
+        weights[name] = head.coef_[0].astype(np.float32)
+        biases[name] = float(head.intercept_[0])
+    return AspectHeads(
+        version=f"{datetime.now(UTC):%Y%m%d}-{hashlib.sha256(rows.gold.tobytes()).hexdigest()[:6]}",
+        encoder_version=encoder_version,
+        prototype_slope=slope,
+        prototype_intercept=intercept,
+        prototype_threshold=prototype_threshold,
+        weights=weights,
+        biases=biases,
+        thresholds=thresholds,
+    )
+
+
+def evaluate(
+    predicted: np.ndarray, rows: AnnotatedRows, names: list[str], split: str = "dev"
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-aspect precision/recall/F1/support on one split, overall and per data set.
+
+    Args:
+        predicted: (N, A) bool predictions for every row.
+        rows: The annotated rows.
+        names: Aspect names (columns).
+        split: Split to score.
+
+    Returns:
+        ``{scope: {aspect: {precision, recall, f1, support}}}``; scope ``all`` or a data set.
+    """
+    selected = rows.splits == split
+    scopes = {"all": selected} | {
+        dataset: selected & (rows.datasets == dataset) for dataset in np.unique(rows.datasets)
+    }
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for scope, mask in scopes.items():
+        report[scope] = {}
+        for column, name in enumerate(names):
+            truth = rows.gold[mask, column]
+            if truth.sum() == 0:
+                continue
+            precision, recall, f1, _ = precision_recall_fscore_support(
+                truth, predicted[mask, column], average="binary", zero_division=0
+            )
+            report[scope][name] = {
+                "precision": round(float(precision), 3),
+                "recall": round(float(recall), 3),
+                "f1": round(float(f1), 3),
+                "support": int(truth.sum()),
+            }
+    return report
+
+
+def _markdown(report: dict[str, dict[str, dict[str, float]]], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| scope | aspect | precision | recall | F1 | support |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for scope, aspects in report.items():
+        for name, figures in aspects.items():
+            lines.append(
+                f"| {scope} | {name} | {figures['precision']:.2f} | {figures['recall']:.2f} | "
+                f"{figures['f1']:.2f} | {figures['support']} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point (see the module docstring).
+
+    Args:
+        argv: Arguments (None: ``sys.argv``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_HEADS_DIR)
+    parser.add_argument("--config-dir", type=Path, default=None)
+    arguments = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    config = load_aspect_config(arguments.config_dir)
+    names = [aspect.name for aspect in config.detectable]
+    rows = load_annotated(arguments.shared, config)
+    embeddings, encoder_version = _embed_cached(rows.texts, "aspects-annotated")
+    example_vectors = [
+        _embed_cached(a.example_phrases, "aspects-examples")[0] for a in config.detectable
+    ]
+    heads = train(rows, embeddings, example_vectors, config, encoder_version)
+    from pipelines.aspects import AspectDetector
+
+    vectors_of = {
+        tuple(a.example_phrases): v for a, v in zip(config.detectable, example_vectors, strict=True)
+    }
+    detector = AspectDetector(
+        config, heads, lambda texts: vectors_of[tuple(texts)], encoder_version
+    )
+    probabilities = detector.probabilities(embeddings)
+    final = probabilities >= detector.thresholds
+    centred = prototype_similarity(embeddings, example_vectors, config.prototype_top_k)
+    prototype_only = (
+        1.0 / (1.0 + np.exp(-(heads.prototype_slope * centred + heads.prototype_intercept)))
+        >= heads.prototype_threshold
+    )
+    heads.metrics = {
+        "dev_detector": evaluate(final, rows, names),
+        "dev_prototype_only": evaluate(prototype_only, rows, names),
+        "rows": {split: int((rows.splits == split).sum()) for split in ("train", "dev")},
+    }
+    heads.save(arguments.out)
+    print(
+        _markdown(
+            heads.metrics["dev_detector"], "Detector (heads where trained, else prototype), dev"
+        )
+    )
+    print()
+    print(_markdown(heads.metrics["dev_prototype_only"], "Prototype only (no heads), dev"))
+    print()
+    print(
+        f"heads: {sorted(heads.weights)}; thresholds: {heads.thresholds}; "
+        f"prototype threshold: {heads.prototype_threshold}; rows: {heads.metrics['rows']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Aspect detection: multilingual, per sentence with polarity, taxonomy extensible by YAML."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import _schema
+from pipelines._embedding_lookup import TextEmbedder
+from pipelines._errors import ConfigError
+from pipelines.aspects import DEFAULT_HEADS_DIR, AspectStage, load_aspect_config
+from pipelines.config import DEFAULT_CONFIG_DIR
+from pipelines.stages import StageContext
+from pipelines.store import Store
+from tests._synthetic_feedback import THEMES, synthetic_texts
+
+THEME_ASPECT = {
+    "delivery": "delivery_shipping",
+    "price": "price_value",
+    "app": "app_website_checkout",
+    "staff": "staff_behaviour",
+    "refund": "returns_refunds",
+}
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[TextEmbedder]:
+    from models.encoder import Encoder
+
+    yield TextEmbedder(encoder=Encoder.load())
+
+
+def _aspects(stage: AspectStage, rows: list[dict], store: Store | None = None) -> pd.DataFrame:
+    context = StageContext(store=store, run_id="test")  # type: ignore[arg-type]
+    return stage.run(pd.DataFrame(rows), context)
+
+
+def _names(items: list[dict]) -> list[str]:
+    return [item["aspect"] for item in items]
+
+
+def test_persian_and_turkish_late_delivery_share_the_aspect(embedder: TextEmbedder) -> None:
+    stage = AspectStage(embedder=embedder)
+    result = _aspects(
+        stage,
+        [
+            {
+                "id": "fa",
+                "text": "سفارشم دو هفته دیر رسید، خیلی ناراحتم",
+                "lang": "fa",
+                "sentiment": "negative",
+            },
+            {
+                "id": "tr",
+                "text": "Siparişim iki hafta geç geldi, çok kızgınım",
+                "lang": "tr",
+                "sentiment": "negative",
+            },
+        ],
+    )
+    for items in result["aspects"]:
+        assert items[0]["aspect"] == "delivery_shipping"
+        assert items[0]["polarity"] == "negative"
+
+
+def test_generated_complaints_land_on_their_aspect_in_every_language(
+    embedder: TextEmbedder,
+) -> None:
+    stage = AspectStage(embedder=embedder)
+    rows = [
+        {"id": f"{theme}-{lang}-{i}", "text": text, "lang": lang, "theme": theme}
+        for theme in THEMES
+        for lang in THEMES[theme]
+        for i, text in enumerate(sorted(set(synthetic_texts(theme, lang, 8, seed=11))))
+    ]
+    result = _aspects(stage, rows)
+    result["hit"] = [
+        THEME_ASPECT[theme] in _names(items)
+        for theme, items in zip(result["theme"], result["aspects"], strict=True)
+    ]
+    by_theme_lang = result.groupby(["theme", "lang"])["hit"].any()
+    # Every aspect is found in at least 3 of the 4 languages, and most texts overall.
+    assert (by_theme_lang.groupby(level=0).sum() >= 3).all(), by_theme_lang
+    assert result["hit"].mean() >= 0.6
+
+
+def test_each_sentence_keeps_its_own_polarity(embedder: TextEmbedder) -> None:
+    stage = AspectStage(embedder=embedder)
+    result = _aspects(
+        stage,
+        [
+            {
+                "id": "mixed",
+                "text": "The product quality is excellent. But the delivery was two weeks late.",
+                "lang": "en",
+                "sentiment": "negative",
+                "sentences": [
+                    {"text": "The product quality is excellent.", "sentiment": "positive"},
+                    {"text": "But the delivery was two weeks late.", "sentiment": "negative"},
+                ],
+            }
+        ],
+    )
+    by_aspect = {item["aspect"]: item for item in result["aspects"].iloc[0]}
+    assert by_aspect["product_quality"]["polarity"] == "positive"
+    assert by_aspect["delivery_shipping"]["polarity"] == "negative"
+    assert by_aspect["delivery_shipping"]["evidence"] == "But the delivery was two weeks late."
+
+
+def test_new_aspect_in_a_yaml_copy_works_without_code(
+    embedder: TextEmbedder, tmp_path: Path
+) -> None:
+    config = yaml.safe_load((DEFAULT_CONFIG_DIR / "aspects.yaml").read_text(encoding="utf-8"))
+    config["aspects"].insert(
+        -1,
+        {
+            "name": "parking",
+            "labels": {"tr": "Otopark", "fa": "پارکینگ", "ro": "Parcare", "en": "Parking"},
+            "examples": {
+                "tr": ["otopark yok", "park yeri bulamadık", "otopark ücreti çok pahalı"],
+                "fa": ["جای پارک نبود", "پارکینگ فروشگاه همیشه پره"],
+                "ro": ["nu este parcare", "nu am gasit loc de parcare"],
+                "en": ["no parking spaces", "the car park was full", "nowhere to park the car"],
+            },
+        },
+    )
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "aspects.yaml").write_text(
+        yaml.safe_dump(config, allow_unicode=True), encoding="utf-8"
+    )
+    stage = AspectStage(config_dir=folder, embedder=embedder)
+    result = _aspects(
+        stage,
+        [
+            {"id": "en", "text": "There was no place to park near the store", "lang": "en"},
+            {"id": "tr", "text": "Mağazanın otoparkı hep dolu, park edecek yer yok", "lang": "tr"},
+            {"id": "other", "text": "Prices went up again, way too expensive", "lang": "en"},
+        ],
+    )
+    assert _names(result["aspects"].iloc[0])[0] == "parking"
+    assert _names(result["aspects"].iloc[1])[0] == "parking"
+    assert "parking" not in _names(result["aspects"].iloc[2])
+    assert stage.version != AspectStage(embedder=embedder).version
+
+
+def test_stage_saves_rows_and_survives_bad_input(embedder: TextEmbedder, store: Store) -> None:
+    stage = AspectStage(embedder=TextEmbedder(encoder=embedder.encoder, store=store))
+    rows = [
+        {
+            "id": "a",
+            "text": "Kargo çok geç geldi ve kurye kabaydı.",
+            "lang": "tr",
+            "sentiment": "neg",
+        },
+        {"id": "b", "text": "", "lang": None, "sentiment": None},
+        {"id": "c", "text": "ok", "lang": "xx", "sentiment": "positive"},
+    ]
+    context = StageContext(store=store, run_id="run-1")
+    result = stage.run(pd.DataFrame(rows), context)
+    assert len(result) == 3
+    assert _names(result["aspects"].iloc[1]) == ["other"]
+    written = stage.save(result, context)
+    assert written == store.count(_schema.aspects) >= 3
+    assert store.count(_schema.aspects, record_id="a", aspect="delivery_shipping") == 1
+    assert store.count(_schema.embeddings) >= 3  # record texts cached for the next stage/run
+
+
+def test_invalid_taxonomy_names_the_key(tmp_path: Path) -> None:
+    folder = tmp_path / "config"
+    folder.mkdir()
+    shutil.copy(DEFAULT_CONFIG_DIR / "aspects.yaml", folder / "aspects.yaml")
+    config = yaml.safe_load((folder / "aspects.yaml").read_text(encoding="utf-8"))
+    del config["aspects"][0]["labels"]["fa"]
+    (folder / "aspects.yaml").write_text(
+        yaml.safe_dump(config, allow_unicode=True), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"aspects\.0\.labels.*add a label for fa"):
+        load_aspect_config(folder)
+
+
+def test_shipped_taxonomy_and_heads_agree() -> None:
+    config = load_aspect_config()
+    names = {aspect.name for aspect in config.aspects}
+    assert {"price_value", "delivery_shipping", "other"} <= names
+    for aspect in config.detectable:
+        assert set(aspect.examples) == {"tr", "fa", "ro", "en"}
+        assert all(5 <= len(phrases) <= 10 for phrases in aspect.examples.values())
+    assert config.map_category("semeval16_laptops", "LAPTOP#PRICE") == "price_value"
+    assert config.map_category("semeval16_laptops", "BATTERY#QUALITY") == "product_quality"
+    assert config.map_category("twitter_us_airline_sentiment", "Late Flight") == "delivery_shipping"
+    assert (DEFAULT_HEADS_DIR / "aspects.safetensors").is_file()
