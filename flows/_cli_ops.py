@@ -1,0 +1,165 @@
+"""``feedback rerun``, ``feedback serve`` and ``feedback report``: the data team's operations."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.settings import load_settings
+from pipelines.store import Store, resolve_db_url
+
+__all__ = ["register"]
+
+console = Console(highlight=False)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
+]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
+]
+
+
+def rerun(
+    since: Annotated[
+        datetime,
+        typer.Option(
+            "--since",
+            help="First day/instant of the range (local to pipeline.yaml's timezone).",
+        ),
+    ],
+    until: Annotated[
+        datetime | None,
+        typer.Option("--until", help="End of the range, excluded (default: now)."),
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", help="Only this source (repeatable).")
+    ] = None,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="Only this analysis stage (repeatable), e.g. sentiment."),
+    ] = None,
+    reanalyze: Annotated[
+        bool,
+        typer.Option(
+            "--reanalyze", help="Save every record again with the current model versions."
+        ),
+    ] = False,
+    resend_alerts: Annotated[
+        bool, typer.Option("--resend-alerts", help="Mail alerts again even if already sent.")
+    ] = False,
+    no_read: Annotated[
+        bool,
+        typer.Option("--no-read", help="Do not re-read the sources; only analyse stored records."),
+    ] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Backfill or recompute the records created in [--since, --until)."""
+    from flows.rerun import rerun as rerun_flow
+
+    with console.status("Running the rerun flow..."):
+        summary = rerun_flow(
+            since=since,
+            until=until,
+            sources=source,
+            stages=stage,
+            reanalyze=reanalyze,
+            resend_alerts=resend_alerts,
+            config_dir=str(config) if config else None,
+            db=db,
+            read_sources=not no_read,
+        )
+    table = Table(title=f"Rerun {summary.run_id}")
+    for column in ("source", "read", "stored", "duplicates", "quarantined"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for counts in summary.sources:
+        table.add_row(
+            counts.source,
+            *(str(v) for v in (counts.read, counts.stored, counts.duplicates, counts.quarantined)),
+        )
+    console.print(table)
+    console.print(f"Records needing analysis: {summary.analysed}")
+    for name, rows in summary.stage_rows.items():
+        how = " (from cache)" if name in summary.cached_stages else ""
+        console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows saved{how}")
+
+
+def serve(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    cron: Annotated[
+        str, typer.Option("--cron", help="Nightly schedule, in pipeline.yaml's timezone.")
+    ] = "0 2 * * *",
+    watch_interval: Annotated[
+        float, typer.Option("--watch-interval", min=1.0, help="Seconds between watch runs.")
+    ] = 60.0,
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the local Prefect server (if one is started).")
+    ] = 4200,
+) -> None:
+    """Serve the nightly (cron), watch (interval) and rerun (on demand) deployments.
+
+    Starts a local Prefect server (UI on http://127.0.0.1:PORT) unless PREFECT_API_URL is set.
+    Stop with Ctrl-C.
+    """
+    from flows.deployments import serve_locally
+
+    timezone = load_settings(config).timezone
+    console.print(
+        f"Serving nightly ('{cron}', {timezone}), watch (every {watch_interval:g} s) and rerun "
+        "(on demand). Ctrl-C stops."
+    )
+    serve_locally(
+        str(config) if config else None,
+        db,
+        nightly_cron=cron,
+        watch_interval=timedelta(seconds=watch_interval),
+        port=port,
+    )
+
+
+def report(
+    date: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=["%Y-%m-%d"],
+            help="Report day (default: yesterday, or the last day with feedback).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the HTML (default: reports_dir).")
+    ] = None,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Regenerate the HTML report of one day (reports/<date>.html)."""
+    from pipelines.report import generate_report
+
+    settings = load_settings(config)
+    url = resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)
+    with Store(url) as store:
+        generated = generate_report(
+            store, settings, date.date() if date else None, reports_dir=out, config_dir=config
+        )
+    summary = generated.report
+    net = "–" if summary.net is None else f"{summary.net:+.0f}"
+    console.print(
+        f"Report {summary.day.isoformat()}: {summary.volume} records, net sentiment {net}, "
+        f"{len(summary.priority_items)} P1/P2 item(s)"
+    )
+    console.print(f"Written to {generated.path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the rerun/serve/report commands to the CLI."""
+    app.command()(rerun)
+    app.command()(serve)
+    app.command()(report)

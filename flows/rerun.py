@@ -1,0 +1,250 @@
+"""The rerun / backfill flow: re-read a date range from the sources and (re)analyse it.
+
+Use it when a source delivered late, a run crashed, or a model changed::
+
+    prefect deployment run 'rerun/rerun' --param since=2026-11-01 --param until=2026-11-08
+    feedback rerun --since 2026-11-01 --until 2026-11-08 --stage sentiment --reanalyze
+
+What it does, for records created in ``[since, until)``:
+
+1. reads every selected source from the start, ignoring (and not moving) watermarks, and keeps
+   the rows in the range; ids already stored count as duplicates, so nothing is stored twice;
+2. runs the stages on **all** stored records of the range (not only the ones just stored):
+   a stage saves the records it never analysed, or, with ``reanalyze``, every record again with
+   its current version, beside earlier versions' results;
+3. Prefect caches each stage's computation on the stage version and the records' ids and text
+   (never the run id): running the same rerun twice recomputes nothing, and a rerun after a
+   crash only computes what the crashed run had not finished.
+
+It holds the pipeline's run lock while it writes, like the nightly flow.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, date, datetime, time
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from sqlalchemy import select
+
+from flows._tasks import (
+    RunSummary,
+    analyse,
+    open_store,
+    read_source,
+    store_batch,
+    summary_markdown,
+)
+from flows.nightly import log_lock_wait
+from pipelines import _schema
+from pipelines._errors import ConfigError, FeedbackError
+from pipelines.config import config_path
+from pipelines.locks import pipeline_lock
+from pipelines.registry import build_stages
+from pipelines.runs import finish_run, start_run
+from pipelines.settings import load_settings
+from pipelines.sources import SourceBatch, load_sources
+from pipelines.stages import StageContext
+from pipelines.store import Store, resolve_db_url
+
+__all__ = ["in_range", "load_range_records", "rerun", "to_utc"]
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def to_utc(moment: datetime | date, timezone: str) -> datetime:
+    """An aware UTC instant; naive values and plain dates are read in ``timezone``.
+
+    Args:
+        moment: Instant or day (a day means its local midnight).
+        timezone: IANA zone of naive values.
+
+    Returns:
+        The instant in UTC.
+    """
+    if not isinstance(moment, datetime):
+        moment = datetime.combine(moment, time.min)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(timezone))
+    return moment.astimezone(UTC)
+
+
+def in_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
+    """The part of a batch created in ``[start, end)``; the other records count as skipped.
+
+    Rejected rows are kept: they have no trustworthy date and go to quarantine (once).
+
+    Args:
+        batch: What a source read.
+        start: First instant kept (UTC).
+        end: First instant not kept (UTC), or None for no end.
+
+    Returns:
+        A batch without watermark, so a rerun never moves the source's watermark.
+    """
+    kept = [
+        record
+        for record in batch.records
+        if record.created_at >= start and (end is None or record.created_at < end)
+    ]
+    return SourceBatch(
+        source=batch.source,
+        records=kept,
+        rejected=batch.rejected,
+        rows_read=len(kept) + len(batch.rejected),
+        watermark=None,
+        rows_skipped=batch.rows_skipped + len(batch.records) - len(kept),
+    )
+
+
+@task(name="filter-range", cache_policy=NO_CACHE)
+def filter_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
+    """Prefect task around ``in_range``."""
+    return in_range(batch, start, end)
+
+
+def load_range_records(
+    store: Store, start: datetime, end: datetime | None, sources: list[str] | None
+) -> pd.DataFrame:
+    """Stored records created in ``[start, end)`` (copy-paste duplicates excluded).
+
+    Args:
+        store: The database.
+        start: First instant (UTC).
+        end: End instant (UTC, excluded), or None.
+        sources: Only these sources, or all.
+
+    Returns:
+        Rows of ``feedback``, oldest first.
+    """
+    table = _schema.feedback
+    query = select(table).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
+    if end is not None:
+        query = query.where(table.c.created_at < end)
+    if sources is not None:
+        query = query.where(table.c.source.in_(sources))
+    with store.engine.connect() as connection:
+        rows = connection.execute(query.order_by(table.c.created_at, table.c.id))
+        return pd.DataFrame(rows.mappings().all())
+
+
+def _describe(start: datetime, end: datetime | None) -> str:
+    return f"{start:%Y-%m-%d %H:%M} UTC to " + (f"{end:%Y-%m-%d %H:%M} UTC" if end else "now")
+
+
+@flow(name="rerun", log_prints=True)
+def rerun(
+    since: datetime,
+    until: datetime | None = None,
+    sources: list[str] | None = None,
+    stages: list[str] | None = None,
+    reanalyze: bool = False,
+    resend_alerts: bool = False,
+    config_dir: str | None = None,
+    db: str | None = None,
+    read_sources: bool = True,
+) -> RunSummary:
+    """Backfill or recompute the records created in ``[since, until)``.
+
+    Args:
+        since: First instant of the range (e.g. ``2026-11-01``); naive values are in the
+            ``timezone`` of pipeline.yaml.
+        until: End of the range, excluded (default: now).
+        sources: Only these source names (default: every enabled source).
+        stages: Analysis stages to run, e.g. ``["sentiment"]`` (default: ``stages`` in
+            pipeline.yaml; ``[]`` only re-reads the sources).
+        reanalyze: Save every record of the range again with the current stage versions (for a
+            new model version), instead of only the records a stage never analysed.
+        resend_alerts: Mail alerts for the range's records again even if already sent.
+        config_dir: Folder with the YAML configuration; the embedded defaults when None.
+        db: Database path or SQLAlchemy URL; overrides pipeline.yaml and ``$FEEDBACK_DB_URL``.
+        read_sources: Re-read the sources first (False: only analyse what is stored).
+
+    Returns:
+        The run summary (also stored in ``runs`` and published as a markdown artifact).
+
+    Raises:
+        ConfigError: ``until`` is not after ``since``, or ``sources`` names an unknown source.
+        FeedbackError: A source could not be read (code E011); the others were processed.
+    """
+    settings = load_settings(config_dir)
+    db_url = resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)
+    store = open_store(db_url)
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    start = to_utc(since, settings.timezone)
+    end = to_utc(until, settings.timezone) if until is not None else None
+    parameters = {
+        "since": start.isoformat(),
+        "until": end.isoformat() if end else None,
+        "sources": sources,
+        "stages": stages,
+        "reanalyze": reanalyze,
+        "resend_alerts": resend_alerts,
+        "read_sources": read_sources,
+    }
+    start_run(store, run_id, "rerun", parameters)
+    summary = RunSummary(run_id=run_id)
+    try:
+        if end is not None and end <= start:
+            raise ConfigError(
+                f"until ({end.isoformat()}) must be after since ({start.isoformat()}); "
+                "the range is [since, until)."
+            )
+        configured = load_sources(config_path("sources.yaml", config_dir))
+        unknown = sorted(set(sources or ()) - {source.name for source in configured})
+        if unknown:
+            raise ConfigError(
+                f"unknown or disabled source(s) {unknown}; use names from sources.yaml: "
+                f"{sorted(source.name for source in configured)}"
+            )
+        selected = [s for s in configured if sources is None or s.name in sources]
+        futures = {
+            source.name: read_source.submit(source, None) for source in selected if read_sources
+        }
+        batches: list[SourceBatch] = []
+        for name, future in futures.items():
+            try:
+                batches.append(filter_range(future.result(), start, end))
+            except FeedbackError as exc:
+                summary.failed_sources[name] = str(exc)
+        analysis_stages = build_stages(
+            stages if stages is not None else settings.stages, config_dir
+        )
+        with pipeline_lock(store, run_id, "rerun", on_wait=log_lock_wait) as lock:
+            summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
+            records = load_range_records(store, start, end, sources)
+            if not records.empty:
+                summary.channels = records["channel"].value_counts().to_dict()
+                summary.languages = records["lang"].value_counts().to_dict()
+            context = StageContext(
+                store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
+            )
+            analyse(records, analysis_stages, context, summary, reanalyze=reanalyze, lock=lock)
+        print(
+            f"{sum(c.stored for c in summary.sources)} record(s) stored, "
+            f"{summary.analysed} of {len(records)} in range analysed"
+            + (f", from cache: {', '.join(summary.cached_stages)}" if summary.cached_stages else "")
+        )
+        create_markdown_artifact(
+            summary_markdown(f"Rerun `{run_id}`: {_describe(start, end)}", summary),
+            key="rerun-summary",
+            description="Counts of this rerun",
+        )
+        if summary.failed_sources:
+            raise FeedbackError(
+                f"{len(summary.failed_sources)} source(s) failed: "
+                + "; ".join(f"{n}: {e}" for n, e in summary.failed_sources.items())
+                + ". The other sources were processed; rerun once the source is reachable.",
+                code="E011",
+            )
+    except Exception as exc:
+        finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
+        raise
+    finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
+    return summary
