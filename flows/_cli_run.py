@@ -34,6 +34,10 @@ SourceOption = Annotated[
 SinceOption = Annotated[
     datetime | None, typer.Option("--since", help="Read rows created after this instant.")
 ]
+ResendOption = Annotated[
+    bool,
+    typer.Option("--resend", help="Mail alerts for this run's records again, even if sent."),
+]
 
 
 def _db_url(config: Path | None, db: str | None) -> str:
@@ -46,6 +50,7 @@ def _run_flow(
     sources: list[str] | None,
     since: datetime | None,
     stages: list[str] | None,
+    resend_alerts: bool = False,
 ) -> None:
     from flows.nightly import nightly
 
@@ -56,6 +61,7 @@ def _run_flow(
             sources=sources,
             since=since,
             stages=stages,
+            resend_alerts=resend_alerts,
         )
     table = Table(title=f"Run {summary.run_id}")
     for column in ("source", "read", "stored", "duplicates", "quarantined"):
@@ -74,6 +80,8 @@ def _run_flow(
     for name, rows in summary.stage_rows.items():
         console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
     console.print(f"Database: {_db_url(config, db)}")
+    if summary.report:
+        console.print(f"Report: {summary.report}")
 
 
 def run(
@@ -81,9 +89,10 @@ def run(
     db: DbOption = None,
     source: SourceOption = None,
     since: SinceOption = None,
+    resend: ResendOption = False,
 ) -> None:
     """Run the nightly flow once: ingest every source, analyse, flag and alert."""
-    _run_flow(config, db, source, since, None)
+    _run_flow(config, db, source, since, None, resend)
 
 
 def ingest(

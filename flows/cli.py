@@ -16,7 +16,14 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)`` adding its commands; keeps this file free of logic.
-_COMMAND_MODULES: tuple[str, ...] = ("flows._cli_run", "flows._cli_alerts")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "flows._cli_run",
+    "flows._cli_alerts",
+    "flows._cli_watch",
+    "flows._cli_models",
+    "flows._cli_ops",
+    "flows._cli_topics",
+)
 
 for _module_name in _COMMAND_MODULES:
     importlib.import_module(_module_name).register(app)

@@ -1,119 +1,93 @@
-"""The nightly flow: read every source concurrently, store what is new, run the analysis stages."""
+"""The nightly flow: read every source concurrently, store what is new, run the analysis stages,
+write the day's report.
+
+Storing and analysing happen under the pipeline's run lock (``pipelines.locks``), so a nightly
+run and a rerun started at the same time never write at once; the second waits for the first.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
-from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from sqlalchemy import select
 
-from pipelines import _schema
+from flows._tasks import (
+    RunSummary,
+    analyse,
+    load_run_records,
+    open_store,
+    read_source,
+    store_batch,
+    summary_markdown,
+)
 from pipelines._errors import FeedbackError
+from pipelines.alerts import AlertStage
 from pipelines.config import config_path
-from pipelines.ingest import SourceCounts, ingest_batch
+from pipelines.locks import LockHolder, pipeline_lock
 from pipelines.registry import build_stages
+from pipelines.report import GeneratedReport, generate_report, priority_rows, report_markdown
 from pipelines.runs import finish_run, start_run
-from pipelines.settings import load_settings
-from pipelines.sources import Source, SourceBatch, load_sources
+from pipelines.settings import PipelineSettings, load_settings
+from pipelines.sources import SourceBatch, load_sources
 from pipelines.stages import StageContext
 from pipelines.store import Store, resolve_db_url
 
-__all__ = ["RunSummary", "nightly"]
+__all__ = [
+    "RunSummary",
+    "load_run_records",
+    "log_lock_wait",
+    "nightly",
+    "open_store",
+    "read_source",
+    "store_batch",
+    "write_report",
+]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-@dataclass
-class RunSummary:
-    """What a run did, returned by the flow and printed by the CLI."""
-
-    run_id: str
-    sources: list[SourceCounts] = field(default_factory=list)
-    failed_sources: dict[str, str] = field(default_factory=dict)
-    stage_rows: dict[str, int] = field(default_factory=dict)
-    languages: dict[str, int] = field(default_factory=dict)
-    channels: dict[str, int] = field(default_factory=dict)
-    model_versions: dict[str, str] = field(default_factory=dict)
-
-    def counts(self) -> dict[str, Any]:
-        """JSON-ready counts for the ``runs`` table."""
-        return {
-            "sources": [counts.as_dict() for counts in self.sources],
-            "failed_sources": self.failed_sources,
-            "stages": self.stage_rows,
-            "languages": self.languages,
-            "channels": self.channels,
-        }
-
-
-@cache
-def open_store(db_url: str) -> Store:
-    """One Store per database URL and process (DuckDB allows a single writer per process)."""
-    return Store(db_url)
-
-
-@task(name="read-source", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def read_source(source: Source, since: str | None) -> SourceBatch:
-    """Read one source from its watermark (or from ``since``)."""
-    return source.read(since)
-
-
-@task(name="store-batch", cache_policy=NO_CACHE)
-def store_batch(batch: SourceBatch, db_url: str, run_id: str) -> SourceCounts:
-    """Normalize, dedupe, language-tag and store one source's batch."""
-    counts = ingest_batch(batch, open_store(db_url), run_id)
-    get_run_logger().info(
-        "%s: read %d, stored %d, duplicates %d, quarantined %d",
-        counts.source,
-        counts.read,
-        counts.stored,
-        counts.duplicates,
-        counts.quarantined,
+def log_lock_wait(holder: LockHolder) -> None:
+    """Log that this run waits for the run holding the pipeline lock."""
+    get_run_logger().warning(
+        "waiting for run %s (%s) to release the pipeline lock (lease until %s UTC)",
+        holder.owner,
+        holder.flow,
+        f"{holder.expires_at:%Y-%m-%d %H:%M:%S}",
     )
-    return counts
 
 
-def load_run_records(store: Store, run_id: str) -> pd.DataFrame:
-    """The records this run stored (copy-paste duplicates excluded), ready for analysis."""
-    table = _schema.feedback
-    query = select(table).where(table.c.run_id == run_id, table.c.duplicate_of.is_(None))
-    with store.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
+@task(name="write-report", cache_policy=NO_CACHE)
+def write_report(
+    store: Store, settings: PipelineSettings, config_dir: str | None = None
+) -> GeneratedReport:
+    """Write the HTML report of the last complete day and publish it as Prefect artifacts.
 
+    Args:
+        store: The database.
+        settings: Timezone and ``reports_dir``.
+        config_dir: Configuration folder (``topics.yaml`` spike thresholds).
 
-def _summary_markdown(summary: RunSummary) -> str:
-    lines = [
-        f"# Nightly run `{summary.run_id}`",
-        "",
-        "| source | read | stored | duplicates | quarantined |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {c.source} | {c.read} | {c.stored} | {c.duplicates} | {c.quarantined} |"
-        for c in summary.sources
-    ]
-    lines += [
-        f"| {name} | failed: {error} | | | |" for name, error in summary.failed_sources.items()
-    ]
-    for title, values in (("channel", summary.channels), ("language", summary.languages)):
-        lines += ["", f"| {title} | new records |", "|---|---:|"]
-        lines += [f"| {key} | {value} |" for key, value in sorted(values.items())]
-    if summary.stage_rows:
-        lines += ["", "| stage | version | rows |", "|---|---|---:|"]
-        lines += [
-            f"| {name} | {summary.model_versions.get(name, '')} | {rows} |"
-            for name, rows in summary.stage_rows.items()
-        ]
-    return "\n".join(lines)
+    Returns:
+        The report and its file.
+    """
+    generated = generate_report(store, settings, config_dir=config_dir)
+    create_markdown_artifact(
+        report_markdown(generated.report, generated.path),
+        key="daily-report",
+        description=f"Customer feedback report {generated.report.day.isoformat()}",
+    )
+    create_table_artifact(
+        priority_rows(generated.report),
+        key="p1-p2-items",
+        description=f"P1/P2 items created on {generated.report.day.isoformat()}",
+    )
+    get_run_logger().info("report written to %s", generated.path)
+    return generated
 
 
 @flow(name="nightly", log_prints=True)
@@ -123,8 +97,9 @@ def nightly(
     sources: list[str] | None = None,
     since: datetime | None = None,
     stages: list[str] | None = None,
+    resend_alerts: bool = False,
 ) -> RunSummary:
-    """Nightly ingestion and analysis of all configured sources.
+    """Nightly ingestion and analysis of all configured sources, then the day's report.
 
     Args:
         config_dir: Folder with the YAML configuration; the embedded defaults when None.
@@ -132,6 +107,7 @@ def nightly(
         sources: Only these source names (default: every enabled source).
         since: Read rows created after this instant instead of each source's watermark.
         stages: Analysis stages to run (default: ``stages`` in ``pipeline.yaml``).
+        resend_alerts: Mail alerts for this run's records again even if already sent.
 
     Returns:
         The run summary (also stored in ``runs`` and published as a markdown artifact).
@@ -144,6 +120,7 @@ def nightly(
         "sources": sources,
         "since": since.isoformat() if since else None,
         "stages": stages,
+        "resend_alerts": resend_alerts,
     }
     start_run(store, run_id, "nightly", parameters)
     summary = RunSummary(run_id=run_id)
@@ -159,27 +136,35 @@ def nightly(
             )
             for source in selected
         }
+        batches: list[SourceBatch] = []
         for name, future in futures.items():
             try:
-                batch = future.result()
+                batches.append(future.result())
             except FeedbackError as exc:
                 summary.failed_sources[name] = str(exc)
-                continue
-            summary.sources.append(store_batch(batch, db_url, run_id))
-
-        records = load_run_records(store, run_id)
-        if not records.empty:
-            summary.channels = records["channel"].value_counts().to_dict()
-            summary.languages = records["lang"].value_counts().to_dict()
-        context = StageContext(store=store, run_id=run_id)
-        for stage in build_stages(stages if stages is not None else settings.stages, config_dir):
-            records = stage.run(records, context) if not records.empty else records
-            summary.stage_rows[stage.name] = (
-                stage.save(records, context) if not records.empty else 0
+        analysis_stages = build_stages(
+            stages if stages is not None else settings.stages, config_dir
+        )
+        with pipeline_lock(store, run_id, "nightly", on_wait=log_lock_wait) as lock:
+            summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
+            records = load_run_records(store, run_id)
+            if not records.empty:
+                summary.channels = records["channel"].value_counts().to_dict()
+                summary.languages = records["lang"].value_counts().to_dict()
+            context = StageContext(
+                store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
             )
-            summary.model_versions[stage.name] = stage.version
+            analyse(records, analysis_stages, context, summary, lock=lock)
+            # Digests the watch flow queued, and alerts an SMTP outage left, go out even on a
+            # night without new records (deliver_pending sends nothing twice).
+            for stage in analysis_stages:
+                if isinstance(stage, AlertStage):
+                    stage.deliver(context)
+        summary.report = str(write_report(store, settings, config_dir).path)
         create_markdown_artifact(
-            _summary_markdown(summary), key="nightly-summary", description="Counts of this run"
+            summary_markdown(f"Nightly run `{run_id}`", summary),
+            key="nightly-summary",
+            description="Counts of this run",
         )
         if summary.failed_sources:
             raise FeedbackError(

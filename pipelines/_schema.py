@@ -25,14 +25,21 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "JSONText",
     "alerts",
+    "aspects",
     "embeddings",
     "feedback",
     "flags",
     "metadata",
     "quarantine",
+    "record_topics",
+    "run_locks",
     "run_source_counts",
     "runs",
     "sentiment",
+    "stage_results",
+    "topic_labels",
+    "topic_models",
+    "topics",
     "watermarks",
 ]
 
@@ -191,4 +198,76 @@ alerts = Table(
     Column("acked_at", DateTime(timezone=True)),
     Column("resolved_at", DateTime(timezone=True)),
     Column("resolution", Text),
+)
+
+aspects = Table(
+    "aspects",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("aspect", String(64), primary_key=True),
+    Column("model_version", String(100), primary_key=True),
+    Column("polarity", String(10), nullable=False, comment="negative, neutral or positive"),
+    Column("score", Float, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+topic_models = Table(
+    "topic_models",
+    metadata,
+    Column("version", String(100), primary_key=True),
+    Column("encoder_version", String(100), nullable=False),
+    Column("fitted_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("meta", JSONText, nullable=False, comment="topic ids, keywords, sizes, settings"),
+    Column("arrays", LargeBinary, nullable=False, comment="safetensors: centroids, language means"),
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("model_version", String(100), primary_key=True),
+    Column("topic_id", Integer, primary_key=True, comment="stable across refits; -1 unassigned"),
+    Column("keywords", JSONText, nullable=False),
+    Column("size", Integer, nullable=False, comment="records in the fitting window"),
+    Column("auto_label", String(200), nullable=False),
+)
+
+topic_labels = Table(
+    "topic_labels",
+    metadata,
+    Column("topic_id", Integer, primary_key=True, autoincrement=False),
+    Column("label", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+record_topics = Table(
+    "record_topics",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("model_version", String(100), primary_key=True),
+    Column("topic_id", Integer, nullable=False, index=True),
+    Column("similarity", Float, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+stage_results = Table(
+    "stage_results",
+    metadata,
+    Column("record_id", String(32), primary_key=True),
+    Column("stage", String(50), primary_key=True),
+    Column("version", String(100), primary_key=True, comment="stage code + model version"),
+    Column("run_id", String(36), nullable=False, comment="run that last saved the results"),
+    Column("saved_at", DateTime(timezone=True), nullable=False),
+    comment="which records each stage version has analysed and saved; drives reruns",
+)
+
+run_locks = Table(
+    "run_locks",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("owner", String(36), nullable=False, comment="run id holding the lock"),
+    Column("flow", String(50), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, comment="lease end; renewed"),
 )

@@ -1,6 +1,5 @@
 """Churn-intent detection on real-looking sentences in tr/fa/ro/en, with negation."""
 
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Language identification on real text (../shared seeds and dev sets) and edge cases."""
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """normalize_text and casefold_for_matching, per language."""
 
-
 from __future__ import annotations
 
 import pytest

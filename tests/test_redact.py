@@ -1,6 +1,5 @@
 """PII redaction: every kind with generated valid ids, checksum negatives, and look-alikes."""
 
-
 from __future__ import annotations
 
 import random

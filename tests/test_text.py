@@ -1,5 +1,4 @@
 """Sentence splitting and keyword tokens with blank spaCy pipelines."""
-# ruff: noqa: RUF001  (real Turkish/Persian text: dotless i and Arabic letters are intended)
 
 from __future__ import annotations
 

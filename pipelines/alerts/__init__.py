@@ -14,6 +14,7 @@ from pipelines.alerts._mailer import (
 )
 from pipelines.alerts._messages import build_digest_message, build_p1_message, header_safe
 from pipelines.alerts._queue import (
+    ALERT_KINDS,
     ALERT_STATUSES,
     DeliveryPolicy,
     DeliveryReport,
@@ -28,6 +29,7 @@ from pipelines.alerts._queue import (
 from pipelines.alerts._stage import AlertStage
 
 __all__ = [
+    "ALERT_KINDS",
     "ALERT_STATUSES",
     "DEFAULT_SENDER",
     "AlertStage",

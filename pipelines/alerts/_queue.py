@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import smtplib
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from pipelines.routing import RoutingConfig
 from pipelines.store import Store
 
 __all__ = [
+    "ALERT_KINDS",
     "ALERT_STATUSES",
     "DeliveryPolicy",
     "DeliveryReport",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 ALERT_STATUSES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
+ALERT_KINDS: tuple[str, ...] = ("p1", "digest")
 _MAX_TEXT_CHARS = 5000
 _MESSAGE_LEVEL_ERRORS = (
     smtplib.SMTPRecipientsRefused,
@@ -329,6 +331,7 @@ def deliver_pending(
     mailer: Mailer,
     now: datetime | None = None,
     policy: DeliveryPolicy | None = None,
+    kinds: Collection[str] | None = None,
 ) -> DeliveryReport:
     """Send every due pending alert: P1 one mail per record, P2/P3 one digest per lead.
 
@@ -341,10 +344,19 @@ def deliver_pending(
         mailer: SMTP or outbox mailer.
         now: The current time (tests pass a later time to skip the backoff).
         policy: Retry policy; ``DeliveryPolicy()`` when None.
+        kinds: Only alerts of these kinds (``ALERT_KINDS``), e.g. ``["p1"]`` in the watch loop
+            so digests wait for the nightly run; every kind when None.
 
     Returns:
-        Counts of what was sent, what will be retried and what failed for good.
+        Counts of what was sent, what will be retried and what failed for good
+        (``alerts_waiting`` counts only the selected kinds).
+
+    Raises:
+        ValueError: ``kinds`` names an unknown kind.
     """
+    unknown_kinds = sorted(set(kinds or ()) - set(ALERT_KINDS))
+    if unknown_kinds:
+        raise ValueError(f"unknown alert kind(s) {unknown_kinds}; use any of {list(ALERT_KINDS)}")
     moment = _utc(now or datetime.now(UTC))
     rules = policy or DeliveryPolicy()
     report = DeliveryReport(transport=mailer.describe())
@@ -358,11 +370,11 @@ def deliver_pending(
             )
             .values(status="pending", claimed_at=None, updated_at=moment)
         )
+    query = select(alerts).where(alerts.c.status == "pending")
+    if kinds is not None:
+        query = query.where(alerts.c.kind.in_(sorted(set(kinds))))
     with store.engine.connect() as connection:
-        pending = [
-            _as_alert(row)
-            for row in connection.execute(select(alerts).where(alerts.c.status == "pending"))
-        ]
+        pending = [_as_alert(row) for row in connection.execute(query)]
     due = [
         alert
         for alert in pending

@@ -20,7 +20,9 @@ __all__ = ["AlertStage"]
 class AlertStage(Stage):
     """Route flagged records to support leads and mail them (SMTP, or ``.eml`` files in the outbox).
 
-    Runs after ``flagging``. ``context.options["resend_alerts"]`` re-arms alerts already sent.
+    Runs after ``flagging``. ``context.options["resend_alerts"]`` re-arms alerts already sent;
+    ``context.options["alert_kinds"]`` (e.g. ``["p1"]`` in the watch flow) delivers only those
+    kinds, leaving the others pending for a later run.
 
     Args:
         routing: Validated routing rules.
@@ -47,7 +49,7 @@ class AlertStage(Stage):
         return batch
 
     def save(self, batch: pd.DataFrame, context: StageContext) -> int:
-        """Queue alerts for the batch's flagged rows and deliver every due alert.
+        """Queue alerts for the batch's flagged rows, then deliver the due ones (``deliver``).
 
         Returns:
             Number of alerts queued (or re-armed) for this batch.
@@ -61,5 +63,21 @@ class AlertStage(Stage):
                 self.routing,
                 resend=bool(context.options.get("resend_alerts", False)),
             )
-        self.last_delivery = deliver_pending(context.store, Mailer.from_env(self.outbox_dir))
+        self.deliver(context)
         return queued
+
+    def deliver(self, context: StageContext) -> DeliveryReport:
+        """Deliver every due pending alert of the kinds in ``context.options["alert_kinds"]``.
+
+        Args:
+            context: Store and options (``alert_kinds``: all kinds when absent).
+
+        Returns:
+            What was sent; also kept in ``last_delivery``.
+        """
+        self.last_delivery = deliver_pending(
+            context.store,
+            Mailer.from_env(self.outbox_dir),
+            kinds=context.options.get("alert_kinds"),
+        )
+        return self.last_delivery
