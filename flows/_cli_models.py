@@ -29,6 +29,8 @@ ConfigDirOption = Annotated[
     Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
 ]
 _MAX_BAD_ROWS_SHOWN = 20
+# The nightly stages that need nothing but the rows themselves (trends need history, alerts mail).
+ANALYZE_STAGES = ("sentiment", "aspects", "topics", "flagging")
 
 
 def _fail(exc: FeedbackError) -> typer.Exit:
@@ -46,15 +48,17 @@ def analyze_command(
     ] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="Rows analysed per step.")] = 512,
 ) -> None:
-    """Analyse a file of feedback: language, sentiment (document and sentences) per row."""
+    """Analyse a file of feedback with the nightly flow's stages: language, sentiment (document
+    and sentences), aspects, topic and flags. Optional columns channel, rating, nps,
+    author_followers, customer_id and customer_value feed the flagging rules."""
     from pipelines.analyze import BadRow, analyze_frame, read_feedback_file, write_jsonl
-    from pipelines.sentiment import SentimentStage
+    from pipelines.registry import build_stages
     from pipelines.stages import StageContext
     from pipelines.store import Store
 
     try:
         frame, bad_rows = read_feedback_file(input_path)
-        stages = [SentimentStage.from_config(config)]
+        stages = build_stages(ANALYZE_STAGES, config)
     except FeedbackError as exc:
         raise _fail(exc) from exc
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from safetensors.numpy import load_file, save_file
 
 from pipelines import _schema
-from pipelines._bulk_write import bulk_upsert
 from pipelines._embedding_lookup import TextEmbedder
 from pipelines._errors import ModelError
 from pipelines.config import config_path, load_yaml_model
@@ -645,5 +644,5 @@ class AspectStage(Stage):
             if isinstance(items, list)
             for item in items
         ]
-        bulk_upsert(context.store, _schema.aspects, rows)
+        context.store.upsert(_schema.aspects, rows)
         return len(rows)

@@ -22,6 +22,9 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 def config_path(name: str, config_dir: str | os.PathLike[str] | None = None) -> Path:
     """Path of the configuration file ``name`` in the chosen config directory.
 
+    A folder given by ``--config`` only needs the files it changes: any file it lacks is taken
+    from the embedded defaults.
+
     Args:
         name: File name such as ``sources.yaml``.
         config_dir: Directory given by ``--config``; else ``$FEEDBACK_CONFIG_DIR``; else the
@@ -31,7 +34,8 @@ def config_path(name: str, config_dir: str | os.PathLike[str] | None = None) -> 
         The path (which may not exist; loaders report that with a fix).
     """
     directory = config_dir or os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR
-    return Path(directory) / name
+    chosen = Path(directory) / name
+    return chosen if chosen.is_file() else DEFAULT_CONFIG_DIR / name
 
 
 def _format_location(location: tuple[int | str, ...]) -> str:

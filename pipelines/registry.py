@@ -13,6 +13,10 @@ __all__ = ["STAGES", "build_stages"]
 
 # name -> "module:Class"; each class offers ``from_config(config_dir) -> Stage``.
 STAGES: dict[str, str] = {
+    "sentiment": "pipelines.sentiment:SentimentStage",
+    "aspects": "pipelines.aspects:AspectStage",
+    "topics": "pipelines.topics:TopicStage",
+    "trends": "pipelines.trends:TrendStage",
     "flagging": "pipelines.flagging:FlaggingStage",
     "alerts": "pipelines.alerts:AlertStage",
 }

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pandas as pd
 from sqlalchemy import Connection, Engine, Table, create_engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -99,8 +102,11 @@ class Store:
         keys = [column.name for column in table.primary_key.columns]
         with self.begin() as connection:
             before = connection.execute(select(func.count()).select_from(table)).scalar_one()
-            statement = pg_insert(table).on_conflict_do_nothing(index_elements=keys)
-            connection.execute(statement, list(rows))
+            if self.is_duckdb:
+                self._duckdb_insert(connection, table, rows, "IGNORE")
+            else:
+                statement = pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+                connection.execute(statement, list(rows))
             after = connection.execute(select(func.count()).select_from(table)).scalar_one()
         return int(after - before)
 
@@ -113,6 +119,10 @@ class Store:
         """
         if not rows:
             return
+        if self.is_duckdb:
+            with self.begin() as connection:
+                self._duckdb_insert(connection, table, rows, "REPLACE")
+            return
         keys = [column.name for column in table.primary_key.columns]
         statement = pg_insert(table)
         updates = {name: statement.excluded[name] for name in rows[0] if name not in keys}
@@ -122,6 +132,40 @@ class Store:
             statement = statement.on_conflict_do_nothing(index_elements=keys)
         with self.begin() as connection:
             connection.execute(statement, list(rows))
+
+    @staticmethod
+    def _duckdb_insert(
+        connection: Connection,
+        table: Table,
+        rows: Sequence[Mapping[str, Any]],
+        on_conflict: Literal["IGNORE", "REPLACE"],
+    ) -> None:
+        """One ``INSERT OR IGNORE/REPLACE ... SELECT`` from a registered DataFrame.
+
+        SQLAlchemy's executemany costs ~3 ms a row on DuckDB (a minute for 20,000 records);
+        this takes milliseconds. Object dtype keeps None as NULL instead of NaN.
+        """
+        names = [column.name for column in table.columns if column.name in rows[0]]
+        frame = pd.DataFrame(
+            [[row.get(name) for name in names] for row in rows], columns=names, dtype=object
+        )
+        for column in table.columns:
+            if column.name in names and isinstance(column.type, _schema.JSONText):
+                frame[column.name] = [
+                    None
+                    if value is None
+                    else json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+                    for value in frame[column.name]
+                ]
+        view = f"incoming_{uuid.uuid4().hex}"
+        quoted = ", ".join(f'"{name}"' for name in names)
+        duck = connection.connection.driver_connection
+        duck.register(view, frame)
+        try:
+            target = f'"{table.name}" ({quoted})'
+            duck.execute(f"INSERT OR {on_conflict} INTO {target} SELECT {quoted} FROM {view}")
+        finally:
+            duck.unregister(view)
 
     def existing_ids(self, table: Table, column: str, values: Iterable[str]) -> set[str]:
         """Which of ``values`` are already present in ``table.column``."""

@@ -31,7 +31,6 @@ from scipy.optimize import linear_sum_assignment
 from sqlalchemy import select
 
 from pipelines import _schema
-from pipelines._bulk_write import bulk_upsert
 from pipelines._embedding_lookup import TextEmbedder
 from pipelines._errors import ModelError
 from pipelines.aspects import normalize_polarity
@@ -679,7 +678,7 @@ class TopicStage(Stage):
                 batch["id"], batch["topic"], batch["topic_similarity"], strict=True
             )
         ]
-        bulk_upsert(context.store, _schema.record_topics, rows)
+        context.store.upsert(_schema.record_topics, rows)
         return len(rows)
 
 

@@ -168,6 +168,9 @@ def test_cli_analyze_jsonl_and_csv(hf_config_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(output.read_text(encoding="utf-8"))
     assert set(record) >= REQUIRED_KEYS and record["rating"] == "2"
+    assert {"aspects", "topic", "flagged", "priority", "reasons"} <= set(record)
+    assert record["flagged"] is True and any("rating 2/5" in r for r in record["reasons"])
+    assert set(record["topic"]) >= {"id", "label", "keywords"}
     assert "1 bad row(s)" in result.output
 
 
