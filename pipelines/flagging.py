@@ -273,10 +273,13 @@ def _evaluate(
 
     document_negative = _negative_probability(row.get("sentiment_scores"))
     if document_negative is not None:
-        if document_negative >= rules.negative_document.min_probability:
+        negative_document = document_negative >= rules.negative_document.min_probability
+        if negative_document:
             evaluation.add(rules.negative_document, f"negative {document_negative:.2f}")
-    elif row.get("sentiment") == "negative":
-        evaluation.add(rules.negative_document, "negative sentiment")
+    else:
+        negative_document = row.get("sentiment") == "negative"
+        if negative_document:
+            evaluation.add(rules.negative_document, "negative sentiment")
 
     worst: tuple[float, str] | None = None
     for sentence in _list(row.get("sentences")):
@@ -285,7 +288,13 @@ def _evaluate(
         probability = _negative_probability(sentence.get("sentiment_scores"))
         if probability is not None and (worst is None or probability > worst[0]):
             worst = (probability, str(sentence.get("text", "")))
-    if worst is not None and worst[0] >= rules.negative_sentence.min_probability:
+    # A negative sentence adds evidence only where the document as a whole did not read negative
+    # (the angry sentence inside a positive review); otherwise it would count one signal twice.
+    if (
+        not negative_document
+        and worst is not None
+        and worst[0] >= rules.negative_sentence.min_probability
+    ):
         evaluation.add(
             rules.negative_sentence, f'negative sentence {worst[0]:.2f} ("{_snippet(worst[1])}")'
         )

@@ -94,10 +94,10 @@ INFLUENCER_CHURN = post(
     "I am cancelling my subscription and switching to Acme.",
     followers=120_000,
 )
-SMALL_ACCOUNT_CHURN = post(
+SMALL_ACCOUNT_COMPLAINT = post(
     "1002",
     "2026-11-03T10:05:00Z",
-    "The refund never came. I'm done with you, cancelling my account today.",
+    "The refund never came and nobody answers my emails. Not happy at all.",
     followers=40,
 )
 HAPPY = post(
@@ -154,7 +154,7 @@ reports_dir: {tmp_path / "reports"}
 """,
         encoding="utf-8",
     )
-    append(tmp_path / "social.jsonl", INFLUENCER_CHURN, SMALL_ACCOUNT_CHURN, HAPPY)
+    append(tmp_path / "social.jsonl", INFLUENCER_CHURN, SMALL_ACCOUNT_COMPLAINT, HAPPY)
     return config_dir
 
 
@@ -184,7 +184,7 @@ def test_watch_mails_p1_at_once_then_only_new_posts(
     assert "churn intent" in body.get_content()
     assert alert_rows(watcher) == {
         INFLUENCER_CHURN["url"]: ("P1", "p1", "sent"),
-        SMALL_ACCOUNT_CHURN["url"]: ("P2", "digest", "pending"),  # waits for the nightly digest
+        SMALL_ACCOUNT_COMPLAINT["url"]: ("P2", "digest", "pending"),  # waits for the nightly digest
     }
 
     append(tmp_path / "social.jsonl", TURKISH_INFLUENCER_CHURN)
@@ -269,4 +269,4 @@ def test_nightly_mails_the_digests_the_watch_left_pending(
     summary = nightly(config_dir=str(social_config))
     assert sum(counts.stored for counts in summary.sources) == 0
     assert [message["X-Feedback-Priority"] for message in inbox.messages] == ["P1", None]
-    assert SMALL_ACCOUNT_CHURN["url"] in inbox.messages[1].as_string()
+    assert SMALL_ACCOUNT_COMPLAINT["url"] in inbox.messages[1].as_string()
