@@ -29,8 +29,8 @@ model: $(INSTALLED)
 	@$(PY) -m models.encoder prepare
 
 run: model
-	$(VENV)/bin/feedback run
-	@echo "Database: data/feedback.duckdb  (feedback status)"
+	@$(VENV)/bin/feedback run
+	@echo "More: .venv/bin/feedback status | alerts list | topics   (README.md)"
 
 test: model
 	$(PY) -m pytest -q

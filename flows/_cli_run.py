@@ -81,7 +81,19 @@ def _run_flow(
         console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
     console.print(f"Database: {_db_url(config, db)}")
     if summary.report:
-        console.print(f"Report: {summary.report}")
+        console.print(f"Report: {Path(summary.report).resolve()}")
+    if "alerts" in summary.stage_rows:
+        console.print(f"Alert e-mails: {_alert_destination(config)}")
+
+
+def _alert_destination(config: Path | None) -> str:
+    """Where this run's alert mails went: the SMTP server, or the outbox folder of .eml files."""
+    host = os.environ.get("FEEDBACK_SMTP_HOST")
+    if host:
+        return f"SMTP server {host}:{os.environ.get('FEEDBACK_SMTP_PORT', '587')}"
+    outbox = load_settings(config).outbox_dir.resolve()
+    mails = len(list(outbox.glob("*.eml")))
+    return f"{outbox} ({mails} .eml files; set FEEDBACK_SMTP_HOST to send them by SMTP)"
 
 
 def run(

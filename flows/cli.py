@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 
 import typer
 
 __all__ = ["app"]
+
+
+def _silence_interpreter_teardown() -> None:
+    """Drop what C extensions print while the interpreter tears down.
+
+    With torch loaded, duckdb's nanobind bindings list dozens of "leaked" types at exit: noise
+    after the command has finished (nothing leaks while it runs). Registered first, so it runs
+    after every other exit handler (Prefect's temporary-server shutdown logs included).
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
+atexit.register(_silence_interpreter_teardown)
 
 app = typer.Typer(
     name="feedback",
