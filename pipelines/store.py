@@ -40,7 +40,7 @@ def resolve_db_url(db: str | os.PathLike[str] | None = None) -> str:
     value = str(db) if db is not None else os.environ.get(DB_URL_ENV) or str(DEFAULT_DB_PATH)
     if "://" in value:
         return value
-    path = Path(value).expanduser()
+    path = Path(value).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"duckdb:///{path}"
 
