@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows._cli_options import ConfigOption, DbOption
 from pipelines.alerts import ALERT_STATUSES, ack_alert, list_alerts, resolve_alert
 from pipelines.flagging import PRIORITIES
 from pipelines.settings import load_settings
@@ -19,13 +20,6 @@ __all__ = ["register"]
 
 console = Console()
 alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to support leads.")
-
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
-]
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
 
 
 def _open_store(db: str | None, config: Path | None) -> Store:

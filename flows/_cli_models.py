@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flows._cli_options import ConfigOption
 from pipelines._errors import FeedbackError
 
 if TYPE_CHECKING:
@@ -25,9 +26,6 @@ console = Console()
 err_console = Console(stderr=True)
 train_app = typer.Typer(help="Train the models.", no_args_is_help=True)
 
-ConfigDirOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
 _MAX_BAD_ROWS_SHOWN = 20
 # The nightly stages that need nothing but the rows themselves (trends need history, alerts mail).
 ANALYZE_STAGES = ("sentiment", "aspects", "topics", "flagging")
@@ -41,7 +39,7 @@ def _fail(exc: FeedbackError) -> typer.Exit:
 def analyze_command(
     input_path: Annotated[Path, typer.Argument(help="JSONL or CSV with id and text columns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL file.")],
-    config: ConfigDirOption = None,
+    config: ConfigOption = None,
     db: Annotated[
         str | None,
         typer.Option("--db", help="Store to cache document embeddings in (reruns are faster)."),
@@ -114,7 +112,7 @@ def eval_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the report: .json, else markdown.")
     ] = None,
-    config: ConfigDirOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Score the configured sentiment model on labelled data.jsonl files."""
     from models.evaluate import evaluate_folder, print_report, write_report

@@ -11,19 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows._cli_options import ConfigOption, DbOption
 from pipelines.settings import load_settings
 from pipelines.store import Store, resolve_db_url
 
 __all__ = ["register"]
 
 console = Console(highlight=False)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
-]
 
 
 def rerun(

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from flows._cli_options import ConfigOption, DbOption, SourceOption
 from pipelines import _schema
 from pipelines.runs import recent_runs
 from pipelines.settings import load_settings
@@ -22,15 +23,6 @@ __all__ = ["register"]
 
 console = Console()
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
-]
-SourceOption = Annotated[
-    list[str] | None, typer.Option("--source", help="Only this source (repeatable).")
-]
 SinceOption = Annotated[
     datetime | None, typer.Option("--since", help="Read rows created after this instant.")
 ]

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows._cli_options import ConfigOption, DbOption
 from pipelines._errors import ModelError
 from pipelines.settings import load_settings
 from pipelines.store import Store
@@ -22,13 +23,6 @@ topics_app = typer.Typer(
     help="Discovered topics: list them, rename one (labels survive refits).",
     invoke_without_command=True,
 )
-
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
-]
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
 
 
 def _open_store(db: str | None, config: Path | None) -> Store:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+from flows._cli_options import ConfigOption, DbOption, SourceOption
 from pipelines._errors import FeedbackError
 
 if TYPE_CHECKING:
@@ -19,15 +19,6 @@ __all__ = ["register"]
 
 console = Console(highlight=False)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="Folder with the YAML configuration files.")
-]
-DbOption = Annotated[
-    str | None, typer.Option("--db", help="DuckDB file or SQLAlchemy URL (overrides config).")
-]
-SourceOption = Annotated[
-    list[str] | None, typer.Option("--source", help="Only this source (repeatable).")
-]
 IntervalOption = Annotated[
     float, typer.Option("--interval", min=0.0, help="Seconds from one poll's start to the next.")
 ]

@@ -27,6 +27,7 @@ from prefect.context import TaskRunContext
 from sqlalchemy import select
 
 from pipelines import _schema
+from pipelines._errors import FeedbackError
 from pipelines.ingest import SourceCounts, ingest_batch
 from pipelines.locks import RunLock
 from pipelines.sources import Source, SourceBatch
@@ -79,6 +80,20 @@ class RunSummary:
     analysed: int = 0
     cached_stages: list[str] = field(default_factory=list)
     report: str | None = None
+
+    def raise_for_failed_sources(self, next_step: str) -> None:
+        """Fail the run (code E011) when a source could not be read, after the others ran.
+
+        Args:
+            next_step: What the user should do, e.g. "rerun once the source is reachable".
+        """
+        if self.failed_sources:
+            raise FeedbackError(
+                f"{len(self.failed_sources)} source(s) failed: "
+                + "; ".join(f"{name}: {error}" for name, error in self.failed_sources.items())
+                + f". The other sources were processed; {next_step}.",
+                code="E011",
+            )
 
     def counts(self) -> dict[str, Any]:
         """JSON-ready counts for the ``runs`` table."""
@@ -296,6 +311,8 @@ def analyse(
             stage, batch, context, tuple(upstream), db_url, return_state=True
         )
         batch = state.result()
+        # A stage may settle its version while running (topics: the model it fitted or loaded).
+        summary.model_versions[stage.name] = stage.version
         if state.name == "Cached":
             summary.cached_stages.append(stage.name)
         to_save = batch[batch["id"].isin(needed[stage.name])]

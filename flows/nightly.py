@@ -166,13 +166,7 @@ def nightly(
             key="nightly-summary",
             description="Counts of this run",
         )
-        if summary.failed_sources:
-            raise FeedbackError(
-                f"{len(summary.failed_sources)} source(s) failed: "
-                + "; ".join(f"{n}: {e}" for n, e in summary.failed_sources.items())
-                + ". The other sources were stored; rerun once the source is reachable.",
-                code="E011",
-            )
+        summary.raise_for_failed_sources("rerun once the source is reachable")
     except Exception as exc:
         finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
         raise

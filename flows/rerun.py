@@ -236,13 +236,7 @@ def rerun(
             key="rerun-summary",
             description="Counts of this rerun",
         )
-        if summary.failed_sources:
-            raise FeedbackError(
-                f"{len(summary.failed_sources)} source(s) failed: "
-                + "; ".join(f"{n}: {e}" for n, e in summary.failed_sources.items())
-                + ". The other sources were processed; rerun once the source is reachable.",
-                code="E011",
-            )
+        summary.raise_for_failed_sources("rerun once the source is reachable")
     except Exception as exc:
         finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
         raise

@@ -285,11 +285,5 @@ def watch(
     finally:
         lock.release()
     print(f"{summary.stored} new record(s), {summary.p1_sent} P1 alert(s) sent")
-    if summary.failed_sources:
-        raise FeedbackError(
-            f"{len(summary.failed_sources)} source(s) failed: "
-            + "; ".join(f"{n}: {e}" for n, e in summary.failed_sources.items())
-            + ". The other sources were processed; the next run retries.",
-            code="E011",
-        )
+    summary.raise_for_failed_sources("the next run retries")
     return summary
