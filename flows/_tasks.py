@@ -24,7 +24,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from pipelines import _schema
 from pipelines._errors import FeedbackError
@@ -145,10 +145,26 @@ def store_batch(batch: SourceBatch, db_url: str, run_id: str) -> SourceCounts:
     return counts
 
 
-def load_run_records(store: Store, run_id: str) -> pd.DataFrame:
-    """The records this run stored (copy-paste duplicates excluded), ready for analysis."""
-    table = _schema.feedback
-    query = select(table).where(table.c.run_id == run_id, table.c.duplicate_of.is_(None))
+def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = ()) -> pd.DataFrame:
+    """The records this run stored (copy-paste duplicates excluded), ready for analysis.
+
+    Args:
+        store: The database.
+        run_id: The run.
+        unanalysed_by: Stage names; records of earlier runs that lack results of any of these
+            stages (an ingest-only run, a run that crashed mid-analysis) are included too, so
+            nothing stored is left unanalysed.
+
+    Returns:
+        One row per record, with the ``feedback`` table's columns.
+    """
+    table, results = _schema.feedback, _schema.stage_results
+    scope = table.c.run_id == run_id
+    for stage_name in unanalysed_by:
+        scope = scope | ~exists().where(
+            results.c.record_id == table.c.id, results.c.stage == stage_name
+        )
+    query = select(table).where(scope, table.c.duplicate_of.is_(None))
     with store.engine.connect() as connection:
         return pd.DataFrame(connection.execute(query).mappings().all())
 

@@ -147,7 +147,9 @@ def nightly(
         )
         with pipeline_lock(store, run_id, "nightly", on_wait=log_lock_wait) as lock:
             summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
-            records = load_run_records(store, run_id)
+            records = load_run_records(
+                store, run_id, unanalysed_by=[stage.name for stage in analysis_stages]
+            )
             if not records.empty:
                 summary.channels = records["channel"].value_counts().to_dict()
                 summary.languages = records["lang"].value_counts().to_dict()

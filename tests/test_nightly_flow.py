@@ -96,3 +96,18 @@ def test_cli_status_shows_runs_and_quarantine(
     assert result.exit_code == 0, result.output
     assert "completed" in result.output
     assert "bad_csv_row" in result.output and "not_json" in result.output
+
+
+def test_nightly_analyses_what_an_ingest_only_run_left(
+    prefect_harness: None, ingest_only_config: Path, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "backlog.duckdb")
+    nightly(config_dir=str(ingest_only_config), db=db)
+    summary = nightly(config_dir=str(ingest_only_config), db=db, stages=["flagging"])
+    assert sum(c.stored for c in summary.sources) == 0
+    stored = sum(row[1] for row in EXPECTED.values())
+    assert summary.stage_rows == {"flagging": stored}
+    with Store(db) as store:
+        assert store.count(_schema.flags) == stored
+    again = nightly(config_dir=str(ingest_only_config), db=db, stages=["flagging"])
+    assert again.stage_rows == {"flagging": 0}
