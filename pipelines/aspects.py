@@ -565,18 +565,6 @@ class AspectStage(Stage):
         self.embedder = embedder
         self._detector: AspectDetector | None = None
 
-    @classmethod
-    def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> AspectStage:
-        """Build the stage from the configuration folder (``pipelines.registry`` entry point).
-
-        Args:
-            config_dir: Folder with ``aspects.yaml`` (None: default resolution).
-
-        Returns:
-            The stage.
-        """
-        return cls(config_dir=config_dir)
-
     @property
     def version(self) -> str:
         """Heads version + taxonomy fingerprint."""

@@ -7,9 +7,10 @@ nothing else about them, so a new stage plugs in without touching the flow.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import pandas as pd
 
@@ -42,6 +43,20 @@ class Stage(ABC):
     """
 
     name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> Self:
+        """Build the stage from the configuration folder (``pipelines.registry`` entry point).
+
+        Subclasses whose constructor takes more than ``config_dir`` override this.
+
+        Args:
+            config_dir: Folder with the YAML files (None: the embedded defaults).
+
+        Returns:
+            The stage.
+        """
+        return cls(config_dir=config_dir)  # type: ignore[call-arg]
 
     @property
     @abstractmethod

@@ -567,18 +567,6 @@ class TopicStage(Stage):
         self.model: TopicModel | None = None
         self._fitted_now = False
 
-    @classmethod
-    def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> TopicStage:
-        """Build the stage from the configuration folder (``pipelines.registry`` entry point).
-
-        Args:
-            config_dir: Folder with ``topics.yaml`` (None: default resolution).
-
-        Returns:
-            The stage.
-        """
-        return cls(config_dir=config_dir)
-
     @property
     def version(self) -> str:
         """Version of the model used by the last run (``topics-none`` before any fit)."""

@@ -269,18 +269,6 @@ class TrendStage(Stage):
         self.settings = load_topics_config(config_dir).trends
         self.spikes = pd.DataFrame(columns=SPIKE_COLUMNS)
 
-    @classmethod
-    def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> TrendStage:
-        """Build the stage from the configuration folder (``pipelines.registry`` entry point).
-
-        Args:
-            config_dir: Folder with ``topics.yaml`` (None: default resolution).
-
-        Returns:
-            The stage.
-        """
-        return cls(config_dir=config_dir)
-
     @property
     def version(self) -> str:
         """Method version + settings."""
