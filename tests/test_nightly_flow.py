@@ -38,9 +38,14 @@ def ingest_only_config(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     pipeline = config_dir / "pipeline.yaml"
+    settings = {
+        "stages:": "stages: []",
+        "reports_dir:": f"reports_dir: {tmp_path / 'reports'}",
+        "outbox_dir:": f"outbox_dir: {tmp_path / 'outbox'}",
+    }
     pipeline.write_text(
         "\n".join(
-            "stages: []" if line.startswith("stages:") else line
+            next((new for key, new in settings.items() if line.startswith(key)), line)
             for line in pipeline.read_text(encoding="utf-8").splitlines()
         ),
         encoding="utf-8",
