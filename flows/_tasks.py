@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from pipelines import _schema
 from pipelines._errors import FeedbackError
 from pipelines.ingest import SourceCounts, ingest_batch
 from pipelines.locks import RunLock
+from pipelines.runs import finish_run, start_run
 from pipelines.sources import Source, SourceBatch
 from pipelines.stages import Stage, StageContext
 from pipelines.store import Store
@@ -41,6 +43,7 @@ __all__ = [
     "load_run_records",
     "open_store",
     "read_source",
+    "recorded_run",
     "records_to_save",
     "run_stage",
     "save_stage",
@@ -110,6 +113,31 @@ class RunSummary:
 
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
+
+
+@contextmanager
+def recorded_run(
+    store: Store, run_id: str, flow: str, parameters: dict[str, Any]
+) -> Iterator[RunSummary]:
+    """Record a flow run in ``runs``: started on entry, completed or failed (with why) on exit.
+
+    Args:
+        store: The database.
+        run_id: The run.
+        flow: Flow name shown by ``feedback status``.
+        parameters: The run's parameters, JSON-ready.
+
+    Yields:
+        The run's summary, which the flow fills in; its counts are stored on exit.
+    """
+    start_run(store, run_id, flow, parameters)
+    summary = RunSummary(run_id=run_id)
+    try:
+        yield summary
+    except Exception as exc:
+        finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
+        raise
+    finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
 
 
 def open_store(db_url: str) -> Store:

@@ -22,6 +22,7 @@ from flows._tasks import (
     load_run_records,
     open_store,
     read_source,
+    recorded_run,
     store_batch,
     summary_markdown,
 )
@@ -31,7 +32,6 @@ from pipelines.config import config_path
 from pipelines.locks import LockHolder, pipeline_lock
 from pipelines.registry import build_stages
 from pipelines.report import GeneratedReport, generate_report, priority_rows, report_markdown
-from pipelines.runs import finish_run, start_run
 from pipelines.settings import PipelineSettings, load_settings
 from pipelines.sources import SourceBatch, load_sources
 from pipelines.stages import StageContext
@@ -122,9 +122,7 @@ def nightly(
         "stages": stages,
         "resend_alerts": resend_alerts,
     }
-    start_run(store, run_id, "nightly", parameters)
-    summary = RunSummary(run_id=run_id)
-    try:
+    with recorded_run(store, run_id, "nightly", parameters) as summary:
         selected = [
             source
             for source in load_sources(config_path("sources.yaml", config_dir))
@@ -169,8 +167,4 @@ def nightly(
             description="Counts of this run",
         )
         summary.raise_for_failed_sources("rerun once the source is reachable")
-    except Exception as exc:
-        finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
-        raise
-    finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
     return summary

