@@ -98,7 +98,7 @@ def _eval_predictor(
 
     if not isinstance(backend, E5HeadBackend):
         return backend.predict_proba
-    cache = FeatureCache(backend.encoder)
+    cache = FeatureCache(backend.encoder, layers=backend.head.metadata.encoder_layers)
 
     def predict(texts: Sequence[str], langs: Sequence[str | None]) -> np.ndarray:
         return backend.head.predict_proba(cache.embeddings(texts))
@@ -148,7 +148,8 @@ def train_sentiment_command(
     try:
         settings = load_training_config(config)
         encoder = Encoder.load(dtype=settings.encoder_dtype)
-        result = train_head(settings, FeatureCache(encoder), datasets_dir, err_console.print)
+        cache = FeatureCache(encoder, layers=settings.encoder_layers)
+        result = train_head(settings, cache, datasets_dir, err_console.print)
     except FeedbackError as exc:
         raise _fail(exc) from exc
     head_path = result.head.save(settings.resolved(settings.output))

@@ -102,20 +102,33 @@ class TextEmbedder:
             text_of = dict(zip(hashes, texts, strict=True))
             vectors = self.encoder.encode([text_of[h] for h in missing], kind="passage")
             fresh = dict(zip(missing, vectors, strict=True))
-            if self.store is not None:
-                self.store.insert_ignore(
-                    _schema.embeddings,
-                    [
-                        {
-                            "model_version": self.version,
-                            "text_hash": key,
-                            "vector": np.asarray(vector, dtype="<f4").tobytes(),
-                        }
-                        for key, vector in fresh.items()
-                    ],
-                )
+            self._save(fresh)
             cached.update(fresh)
         return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
+
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Cache embeddings computed elsewhere (e.g. in a forward pass that pooled more layers).
+
+        Args:
+            texts: The texts exactly as analysed.
+            vectors: Their E5 passage embeddings, ``(len(texts), dim)``.
+        """
+        self._save(dict(zip(map(text_hash, texts), vectors, strict=True)))
+
+    def _save(self, vectors_by_hash: dict[str, np.ndarray]) -> None:
+        if self.store is None or not vectors_by_hash:
+            return
+        self.store.insert_ignore(
+            _schema.embeddings,
+            [
+                {
+                    "model_version": self.version,
+                    "text_hash": key,
+                    "vector": np.asarray(vector, dtype="<f4").tobytes(),
+                }
+                for key, vector in vectors_by_hash.items()
+            ],
+        )
 
     def batch_embeddings(self, batch: pd.DataFrame, text_column: str = "text") -> np.ndarray:
         """One vector per row of ``batch``: its ``embedding`` value, else cached/encoded text.

@@ -240,15 +240,30 @@ class E5HeadBackend(SentimentBackend):
         self, texts: Sequence[str], langs: Sequence[str | None]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """See :meth:`SentimentBackend.predict_with_embeddings`."""
-        vectors = self.encoder.encode(list(texts), kind="passage", batch_size=self.batch_size)
-        return self.head.predict_proba(vectors), vectors
+        features = self.encoder.encode(
+            list(texts),
+            kind="passage",
+            batch_size=self.batch_size,
+            layers=self.head.metadata.encoder_layers,
+        )
+        # The last block is the last layer's pooled vector: the E5 embedding.
+        return self.head.predict_proba(features), features[:, -self.encoder.dim :]
 
     def predict_documents(
         self, texts: Sequence[str], langs: Sequence[str | None], store: Store | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """See :meth:`SentimentBackend.predict_documents`; embeddings cached in ``store``."""
-        vectors = TextEmbedder(self.encoder, store).embed(list(texts))
-        return self.head.predict_proba(vectors), vectors
+        """See :meth:`SentimentBackend.predict_documents`; embeddings cached in ``store``.
+
+        A head over the last layer alone reuses cached embeddings; a head over several layers
+        needs the forward pass anyway and caches the embedding it yields.
+        """
+        embedder = TextEmbedder(self.encoder, store)
+        if len(self.head.metadata.encoder_layers) == 1:  # the last layer only (head-validated)
+            vectors = embedder.embed(list(texts))
+            return self.head.predict_proba(vectors), vectors
+        proba, vectors = self.predict_with_embeddings(texts, langs)
+        embedder.remember(list(texts), vectors)
+        return proba, vectors
 
 
 class HFSequenceClassificationBackend(SentimentBackend):

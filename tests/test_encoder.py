@@ -221,6 +221,23 @@ def test_encode_keeps_input_order_and_batching_does_not_matter(
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
+def test_pooled_layers_come_from_one_pass_and_end_with_the_embedding(
+    fp32_encoder: Encoder, long_text: str
+) -> None:
+    texts = [*TEXTS[:5], long_text]
+    plain = fp32_encoder.encode(texts)
+    layered = fp32_encoder.encode(texts, layers=(4, 8, 12))
+    assert layered.shape == (len(texts), 3 * EMBEDDING_DIM)
+    np.testing.assert_allclose(layered[:, -EMBEDDING_DIM:], plain, atol=1e-5)
+    blocks = layered.reshape(len(texts), 3, EMBEDDING_DIM)
+    np.testing.assert_allclose(np.linalg.norm(blocks, axis=2), 1.0, atol=1e-5)
+    assert _cosines(blocks[:, 0], plain).max() < 0.99  # layer 4 is another view of the text
+    assert fp32_encoder.encode([], layers=(8, 12)).shape == (0, 2 * EMBEDDING_DIM)
+    for bad in [(), (13,), (-1, 12)]:
+        with pytest.raises(ModelError, match="layers must be"):
+            fp32_encoder.encode(texts, layers=bad)
+
+
 def test_query_and_passage_prefixes_differ(fp32_encoder: Encoder) -> None:
     passages = fp32_encoder.encode(TEXTS[:4], kind="passage")
     queries = fp32_encoder.encode(TEXTS[:4], kind="query")

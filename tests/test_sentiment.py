@@ -12,12 +12,17 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from models.sentiment import HeadMetadata, SentimentHead, binary_proba
+from models.sentiment import FeatureCache, HeadMetadata, SentimentHead, binary_proba
 from models.sentiment.train import (
+    HeadSettings,
+    TrainingConfig,
+    _export,
     _Features,
     _loss,
+    _module,
     fit_temperature,
     row_weights,
+    train_head,
 )
 from pipelines import _schema
 from pipelines._errors import ConfigError, ModelError
@@ -80,6 +85,39 @@ def test_head_errors_say_how_to_fix(tmp_path: Path) -> None:
         SentimentHead.load(tmp_path / "missing.json")
     with pytest.raises(ModelError, match=r"expects \(N, 384\)"):
         _random_head(0).predict_proba(np.zeros((2, 10)))
+
+
+def test_head_features_must_match_its_layers() -> None:
+    weights = {"out.weight": np.zeros((3, 768)), "out.bias": np.zeros(3)}
+    two_layers = HeadMetadata(
+        version="h", encoder_version="e", input_dim=768, encoder_layers=[8, 12]
+    )
+    assert SentimentHead(weights, two_layers).predict_proba(np.zeros((1, 768))).shape == (1, 3)
+    with pytest.raises(ModelError, match="does not match encoder_layers"):
+        SentimentHead(weights, HeadMetadata(version="h", encoder_version="e", input_dim=768))
+    with pytest.raises(ModelError, match="must end with 12"):
+        SentimentHead(
+            weights,
+            HeadMetadata(version="h", encoder_version="e", input_dim=768, encoder_layers=[8, 10]),
+        )
+
+
+@pytest.mark.parametrize("layers", [[], [12, 4], [4, 4, 12], [4, 8], [-1, 12]])
+def test_training_layers_must_increase_and_end_with_the_embedding(layers: list[int]) -> None:
+    with pytest.raises(ValueError, match="encoder_layers must be increasing"):
+        TrainingConfig(encoder_layers=layers)
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 3])
+def test_exported_weights_do_not_follow_later_training(hidden_dim: int) -> None:
+    module = _module(4, HeadSettings(hidden_dim=hidden_dim, dropout=0.0))
+    exported = _export(module, np.zeros(4), np.ones(4))
+    snapshot = {name: value.copy() for name, value in exported.items()}
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(1.0)
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, snapshot[name])
 
 
 def test_binary_proba_drops_neutral() -> None:
@@ -299,6 +337,48 @@ def test_document_embeddings_are_cached_in_the_store(
     assert store.count(_schema.embeddings) == 2
     np.testing.assert_allclose(cached["embedding"][0], first["embedding"][0])
     assert cached["sentiment_scores"][0] == pytest.approx(first["sentiment_scores"][0])
+
+
+def test_committed_head_pools_several_layers_and_hands_on_the_e5_embedding(
+    e5_stage: SentimentStage,
+) -> None:
+    backend = e5_stage.backend
+    assert isinstance(backend, E5HeadBackend)
+    assert len(backend.head.metadata.encoder_layers) > 1
+    texts = ["Kargo çok geç geldi.", "Mâncarea a fost excelentă."]
+    _, embeddings = backend.predict_with_embeddings(texts, ["tr", "ro"])
+    assert embeddings is not None
+    np.testing.assert_allclose(embeddings, backend.encoder.encode(texts), atol=1e-5)
+
+
+_TINY_SET = {
+    "neg": ["Terrible, it broke after a day.", "Awful support, never again.", "Çok kötü."],
+    "pos": ["Wonderful, works perfectly.", "Great support, thank you!", "Harika, bayıldım."],
+    "neu": ["The parcel came on Tuesday.", "I ordered two of them.", "Sipariş verdim."],
+}
+
+
+def test_train_head_on_pooled_layers(e5_stage: SentimentStage, tmp_path: Path) -> None:
+    folder = tmp_path / "datasets" / "en" / "tiny"
+    folder.mkdir(parents=True)
+    lines = [
+        {"text": text, "label": label, "split": split, "lang": "en"}
+        for label, texts in _TINY_SET.items()
+        for split in ("train", "dev")
+        for text in texts
+    ]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    backend = e5_stage.backend
+    assert isinstance(backend, E5HeadBackend)
+    config = TrainingConfig(encoder_layers=[8, 12], epochs=3, head={"hidden_dim": 0})
+    cache = FeatureCache(backend.encoder, cache_root=tmp_path / "cache", layers=[8, 12])
+    result = train_head(config, cache, tmp_path / "datasets")
+    assert result.head.metadata.encoder_layers == [8, 12]
+    assert result.head.metadata.input_dim == 768
+    assert result.head.weights["out.weight"].shape == (3, 768)
+    assert list(cache.folder.glob("*.npy")) and cache.folder.name == "layers-8-12"
+    with pytest.raises(ConfigError, match="feature cache pools layers"):
+        train_head(config, FeatureCache(backend.encoder, cache_root=tmp_path), tmp_path)
 
 
 def test_head_trained_on_another_encoder_is_refused(e5_stage: SentimentStage) -> None:

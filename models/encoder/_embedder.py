@@ -5,6 +5,10 @@ text, texts longer than 510 content tokens are split into consecutive windows of
 encoded separately (``<s> window </s>``, positions restarting at 0), each window is mean-pooled
 over all its tokens, and a text's vector is the average of its window means weighted by each
 window's content-token count, then L2-normalised.
+
+The same forward pass can also pool intermediate layers (``encode(..., layers=(4, 8, 12))``):
+each layer's vector is built as above and the unit-norm vectors are concatenated; the block of
+the last layer is exactly the E5 embedding.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from models.encoder._convert import MANIFEST_NAME, ensure_encoder, is_complete
+from models.encoder._convert import LAST_LAYER, MANIFEST_NAME, ensure_encoder, is_complete
 from pipelines._errors import ModelError
 
 __all__ = [
@@ -190,6 +194,7 @@ class Encoder:
         texts: Sequence[str],
         kind: TextKind = "passage",
         batch_size: int = 64,
+        layers: Sequence[int] = (LAST_LAYER,),
     ) -> np.ndarray:
         """Embed texts as E5 passages or queries.
 
@@ -197,13 +202,16 @@ class Encoder:
             texts: The raw texts (no prefix); any length, long ones are windowed.
             kind: ``passage`` for documents/feedback, ``query`` for search queries.
             batch_size: Most windows per forward pass (also capped at 16,384 padded tokens).
+            layers: Hidden states to pool, in output order (0 = token embeddings, 12 = the
+                last layer, whose pooled vector is the E5 embedding).
 
         Returns:
-            ``(len(texts), 384)`` float32 array of unit-norm rows, in input order.
+            ``(len(texts), 384 * len(layers))`` float32 array in input order: per layer a
+            unit-norm block of 384.
 
         Raises:
             EncoderInputError: ``texts`` is a bare string or holds a non-string.
-            ModelError: ``kind`` or ``batch_size`` is invalid.
+            ModelError: ``kind``, ``batch_size`` or ``layers`` is invalid.
         """
         if isinstance(texts, str | bytes):
             raise EncoderInputError(
@@ -213,6 +221,9 @@ class Encoder:
             raise ModelError(f"unknown text kind {kind!r}; use 'passage' or 'query'")
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+        layers = tuple(layers)
+        if not layers or any(not 0 <= layer <= LAST_LAYER for layer in layers):
+            raise ModelError(f"layers must be a non-empty list of 0..{LAST_LAYER}, got {layers}")
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise EncoderInputError(
@@ -220,7 +231,7 @@ class Encoder:
                     "convert or quarantine it before encoding"
                 )
         if len(texts) == 0:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            return np.zeros((0, EMBEDDING_DIM * len(layers)), dtype=np.float32)
 
         prefix = PREFIXES[kind]
         encodings = self.tokenizer.backend_tokenizer.encode_batch(
@@ -236,17 +247,20 @@ class Encoder:
                     [_BOS_ID, *content[start : start + WINDOW_CONTENT_TOKENS], _EOS_ID]
                 )
 
-        window_means = self._window_means(window_ids, batch_size)
+        window_means = self._window_means(window_ids, batch_size, layers)
         weights = np.array([max(len(ids) - 2, 1) for ids in window_ids], dtype=np.float64)
-        sums = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float64)
-        np.add.at(sums, np.asarray(window_text), window_means * weights[:, None])
-        norms = np.sqrt(np.maximum(np.sum(sums * sums, axis=1, keepdims=True), 1e-24))
-        return (sums / norms).astype(np.float32)
+        sums = np.zeros((len(texts), len(layers), EMBEDDING_DIM), dtype=np.float64)
+        np.add.at(sums, np.asarray(window_text), window_means * weights[:, None, None])
+        norms = np.sqrt(np.maximum(np.sum(sums * sums, axis=2, keepdims=True), 1e-24))
+        return (sums / norms).reshape(len(texts), -1).astype(np.float32)
 
-    def _window_means(self, window_ids: list[list[int]], batch_size: int) -> np.ndarray:
-        """Mean-pooled last hidden state of every window (rows in ``window_ids`` order)."""
+    def _window_means(
+        self, window_ids: list[list[int]], batch_size: int, layers: tuple[int, ...]
+    ) -> np.ndarray:
+        """Mean-pooled hidden states of every window: ``(windows, len(layers), 384)``."""
         order = sorted(range(len(window_ids)), key=lambda index: -len(window_ids[index]))
-        means = np.empty((len(window_ids), EMBEDDING_DIM), dtype=np.float64)
+        means = np.empty((len(window_ids), len(layers), EMBEDDING_DIM), dtype=np.float64)
+        only_last = layers == (LAST_LAYER,)
         start = 0
         with torch.inference_mode():
             while start < len(order):
@@ -259,11 +273,18 @@ class Encoder:
                     ids = window_ids[index]
                     input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                     attention_mask[row, : len(ids)] = 1
-                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)
-                states = hidden.last_hidden_state.float()
-                mask = attention_mask.unsqueeze(-1).to(states.dtype)
-                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
-                means[batch] = pooled.numpy()
+                output = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    output_hidden_states=not only_last,
+                )
+                mask = attention_mask.unsqueeze(-1).float()
+                for position, layer in enumerate(layers):
+                    states = (
+                        output.last_hidden_state if only_last else output.hidden_states[layer]
+                    ).float()
+                    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
+                    means[batch, position] = pooled.numpy()
                 start += size
         return means
 

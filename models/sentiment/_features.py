@@ -1,8 +1,8 @@
 """Training-time embedding cache on disk, keyed by encoder version and the exact texts.
 
 Embedding the ~53k labelled texts takes many minutes on a small CPU; the vectors are kept
-under ``<cache root>/sentiment-features/<encoder version>/<encoder dtype>/`` (never in the
-repository) so that retraining a head costs seconds.
+under ``<cache root>/sentiment-features/<encoder version>/<encoder dtype>/layers-<layers>/``
+(never in the repository) so that retraining a head costs seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.encoder import default_cache_root
+from models.encoder import LAST_LAYER, default_cache_root
 
 if TYPE_CHECKING:
     from models.encoder import Encoder
@@ -33,35 +33,48 @@ def _texts_digest(texts: Sequence[str]) -> str:
 
 
 class FeatureCache:
-    """Passage embeddings of labelled texts, computed once per encoder version.
+    """Passage embeddings of labelled texts, computed once per encoder version and layers.
 
     Args:
         encoder: The encoder whose vectors are cached.
         cache_root: Cache root; None uses ``$FEEDBACK_CACHE_DIR`` or ``~/.cache/feedback-pipeline``.
+        layers: Encoder layers pooled into each vector (see ``Encoder.encode``).
     """
 
-    def __init__(self, encoder: Encoder, cache_root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        cache_root: str | os.PathLike[str] | None = None,
+        layers: Sequence[int] = (LAST_LAYER,),
+    ) -> None:
         self.encoder = encoder
+        self.layers = tuple(layers)
         root = Path(cache_root) if cache_root is not None else default_cache_root()
-        self.folder = root.expanduser() / "sentiment-features" / encoder.version / encoder.dtype
+        self.folder = (
+            root.expanduser()
+            / "sentiment-features"
+            / encoder.version
+            / encoder.dtype
+            / ("layers-" + "-".join(map(str, self.layers)))
+        )
 
     def path_for(self, texts: Sequence[str]) -> Path:
         """Where the vectors of exactly these texts, in this order, are (or will be) stored."""
         return self.folder / f"{len(texts)}-{_texts_digest(texts)}.npy"
 
     def embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm passage embeddings of ``texts``, from disk when already computed.
+        """Passage features of ``texts`` (one unit-norm block per layer), from disk if computed.
 
         Args:
             texts: Analysis texts, in order.
 
         Returns:
-            ``(len(texts), 384)`` float32 array.
+            ``(len(texts), 384 * len(layers))`` float32 array.
         """
         path = self.path_for(texts)
         if path.is_file():
             return np.load(path)
-        vectors = self.encoder.encode(list(texts), kind="passage")
+        vectors = self.encoder.encode(list(texts), kind="passage", layers=self.layers)
         self.folder.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".npy.tmp")
         with os.fdopen(handle, "wb") as stream:

@@ -1,4 +1,8 @@
-"""The sentiment head: a small classifier over frozen e5 embeddings, saved as safetensors + JSON.
+"""The sentiment head: a small classifier over frozen e5 features, saved as safetensors + JSON.
+
+Its input is the concatenation of unit-norm mean-pooled hidden states of the encoder layers
+listed in the metadata (``encoder_layers``; ``[12]`` is the plain E5 embedding), all taken from
+one forward pass (``Encoder.encode(texts, layers=head.encoder_layers)``).
 
 Inference is plain numpy (a linear layer, or one ReLU hidden layer, then a temperature-scaled
 softmax), so loading a head costs milliseconds and needs no torch.
@@ -15,11 +19,13 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from models.encoder import LAST_LAYER
 from models.sentiment._datasets import LABELS
 from pipelines._errors import ModelError
 
 __all__ = ["HeadMetadata", "SentimentHead", "binary_proba", "softmax"]
 
+_LAYER_DIM = 384
 _WEIGHT_SUFFIX = ".safetensors"
 _METADATA_SUFFIX = ".json"
 
@@ -61,8 +67,9 @@ class HeadMetadata:
         version: Head version string (stored with every prediction).
         encoder_version: Encoder whose embeddings the head was trained on.
         labels: Output order (negative, neutral, positive).
-        input_dim: Embedding dimension.
+        input_dim: Feature dimension (384 per entry of ``encoder_layers``).
         hidden_dim: Hidden units; 0 for a linear (logistic-regression) head.
+        encoder_layers: Encoder hidden states pooled into the features (12 = E5's last layer).
         temperature: Softmax temperature tuned on dev.
         datasets: Training sets: ``{name, lang, licence, train_rows, binary}``.
         metrics: Dev metrics measured after training.
@@ -74,6 +81,7 @@ class HeadMetadata:
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     input_dim: int = 384
     hidden_dim: int = 0
+    encoder_layers: list[int] = field(default_factory=lambda: [12])
     temperature: float = 1.0
     datasets: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +109,18 @@ class SentimentHead:
             raise ModelError(
                 f"head weights hold {sorted(self.weights)}, expected {sorted(expected)}; "
                 "retrain with `feedback train sentiment`"
+            )
+        if not metadata.encoder_layers or metadata.encoder_layers[-1] != LAST_LAYER:
+            raise ModelError(
+                f"head encoder_layers {metadata.encoder_layers} must end with {LAST_LAYER}, the "
+                "layer whose pooled vector is the E5 embedding; retrain with "
+                "`feedback train sentiment`"
+            )
+        if metadata.input_dim != _LAYER_DIM * len(metadata.encoder_layers):
+            raise ModelError(
+                f"head input_dim {metadata.input_dim} does not match encoder_layers "
+                f"{metadata.encoder_layers} ({_LAYER_DIM} each); retrain with "
+                "`feedback train sentiment`"
             )
 
     @property
