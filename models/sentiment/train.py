@@ -517,6 +517,9 @@ def write_model_card(
         "restaurant and laptop reviews. Sarcasm and domain shift lower accuracy.",
         "- Reproduce: `feedback train sentiment --config configs/training.yaml`, then "
         "`feedback eval ../shared/datasets`.",
+        "- Levers tried beyond this head (pooling choices, fine-tuning the top encoder layers, "
+        "per-language heads) and their dev figures: `benchmarks/RESULTS.md`, section "
+        '"Sentiment accuracy levers".',
     ]
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
