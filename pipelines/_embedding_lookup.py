@@ -2,7 +2,9 @@
 
 Order of preference for a record's vector: the batch's ``embedding`` column (written by the
 sentiment stage), the ``embeddings`` table keyed by (encoder version, text hash), and only then
-the encoder itself (whose new vectors are written back to the table).
+the encoder itself (whose new vectors are written back to the table). Features pooled from
+several encoder layers (what the sentiment head reads) are cached the same way under
+``<encoder version>@layers-<layers>``.
 """
 
 from __future__ import annotations
@@ -42,11 +44,19 @@ class TextEmbedder:
         encoder: A loaded encoder; None loads ``Encoder.load()`` the first time a text has to
             be encoded (batches that carry embeddings never load it).
         store: Where the ``embeddings`` cache lives; None disables the cache.
+        layers: None for the E5 embedding; else the encoder layers whose pooled vectors are
+            concatenated (see ``Encoder.encode``), cached under their own version key.
     """
 
-    def __init__(self, encoder: Encoder | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Encoder | None = None,
+        store: Store | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> None:
         self._encoder = encoder
         self.store = store
+        self.layers = tuple(layers) if layers is not None else None
 
     @property
     def encoder(self) -> Encoder:
@@ -59,12 +69,22 @@ class TextEmbedder:
 
     @property
     def version(self) -> str:
-        """Encoder version (the ``model_version`` key of the ``embeddings`` table)."""
+        """The ``model_version`` key in the ``embeddings`` table: the encoder version, with
+        ``@layers-...`` appended for multi-layer features."""
         if self._encoder is not None:
-            return self._encoder.version
-        from models.encoder import encoder_version
+            encoder = self._encoder.version
+        else:
+            from models.encoder import encoder_version
 
-        return encoder_version()
+            encoder = encoder_version()
+        if self.layers is None:
+            return encoder
+        return f"{encoder}@layers-{'-'.join(map(str, self.layers))}"
+
+    @property
+    def dim(self) -> int:
+        """Length of the vectors :meth:`embed` returns."""
+        return _DIM * (len(self.layers) if self.layers is not None else 1)
 
     def _cached(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         if self.store is None or not hashes:
@@ -85,7 +105,7 @@ class TextEmbedder:
         return found
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm passage embeddings of ``texts``, from the cache where possible.
+        """Unit-norm passage embeddings (or layer features) of ``texts``, cached where possible.
 
         Args:
             texts: The texts exactly as analysed.
@@ -94,13 +114,18 @@ class TextEmbedder:
             Array of shape (len(texts), dim), float32.
         """
         if not texts:
-            return np.zeros((0, _DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         hashes = [text_hash(text) for text in texts]
         cached = self._cached(hashes)
         missing = list(dict.fromkeys(h for h in hashes if h not in cached))
         if missing:
             text_of = dict(zip(hashes, texts, strict=True))
-            vectors = self.encoder.encode([text_of[h] for h in missing], kind="passage")
+            missing_texts = [text_of[h] for h in missing]
+            vectors = (
+                self.encoder.encode(missing_texts, kind="passage")
+                if self.layers is None
+                else self.encoder.encode(missing_texts, kind="passage", layers=self.layers)
+            )
             fresh = dict(zip(missing, vectors, strict=True))
             self._save(fresh)
             cached.update(fresh)

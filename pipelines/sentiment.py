@@ -252,18 +252,20 @@ class E5HeadBackend(SentimentBackend):
     def predict_documents(
         self, texts: Sequence[str], langs: Sequence[str | None], store: Store | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """See :meth:`SentimentBackend.predict_documents`; embeddings cached in ``store``.
+        """See :meth:`SentimentBackend.predict_documents`; vectors cached in ``store``.
 
-        A head over the last layer alone reuses cached embeddings; a head over several layers
-        needs the forward pass anyway and caches the embedding it yields.
+        A head over several layers reads features cached under their own key; the E5
+        embedding (their last block) is cached too, for the stages after this one.
         """
         embedder = TextEmbedder(self.encoder, store)
-        if len(self.head.metadata.encoder_layers) == 1:  # the last layer only (head-validated)
+        layers = self.head.metadata.encoder_layers
+        if len(layers) == 1:  # the last layer alone (the head validates it ends with it)
             vectors = embedder.embed(list(texts))
             return self.head.predict_proba(vectors), vectors
-        proba, vectors = self.predict_with_embeddings(texts, langs)
+        features = TextEmbedder(self.encoder, store, layers).embed(list(texts))
+        vectors = features[:, -self.encoder.dim :]
         embedder.remember(list(texts), vectors)
-        return proba, vectors
+        return self.head.predict_proba(features), vectors
 
 
 class HFSequenceClassificationBackend(SentimentBackend):

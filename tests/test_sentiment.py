@@ -26,6 +26,7 @@ from models.sentiment.train import (
 )
 from pipelines import _schema
 from pipelines._errors import ConfigError, ModelError
+from pipelines.dedupe import text_hash
 from pipelines.sentiment import (
     E5HeadBackend,
     HFSequenceClassificationBackend,
@@ -332,11 +333,43 @@ def test_document_embeddings_are_cached_in_the_store(
     batch = pd.DataFrame({"id": ["c1", "c2"], "text": ["Süper hızlı kargo.", "Çok kötü."]})
     context = StageContext(store, "run-1")
     first = e5_stage.run(batch, context)
-    assert store.count(_schema.embeddings) == 2
+    with store.engine.connect() as connection:
+        rows = connection.execute(select(_schema.embeddings)).mappings().all()
+    by_version: dict[str, list[bytes]] = {}
+    for row in rows:
+        by_version.setdefault(row["model_version"], []).append(row["vector"])
+    # The E5 embedding for later stages, and the head's multi-layer features.
+    encoder_version = e5_stage.backend.encoder.version  # type: ignore[attr-defined]
+    layers = e5_stage.backend.head.metadata.encoder_layers  # type: ignore[attr-defined]
+    features_version = f"{encoder_version}@layers-{'-'.join(map(str, layers))}"
+    assert sorted(by_version) == sorted([encoder_version, features_version])
+    assert {len(vector) for vector in by_version[encoder_version]} == {384 * 4}
+    assert {len(vector) for vector in by_version[features_version]} == {384 * len(layers) * 4}
+
     cached = e5_stage.run(batch, context)
-    assert store.count(_schema.embeddings) == 2
+    assert store.count(_schema.embeddings) == 4
     np.testing.assert_allclose(cached["embedding"][0], first["embedding"][0])
     assert cached["sentiment_scores"][0] == pytest.approx(first["sentiment_scores"][0])
+
+    # A rerun reads the cached features: give "Çok kötü." the features of the praise.
+    table = _schema.embeddings
+    with store.engine.begin() as connection:
+        praise = connection.execute(
+            select(table.c.vector).where(
+                table.c.model_version == features_version,
+                table.c.text_hash == text_hash("Süper hızlı kargo."),
+            )
+        ).scalar_one()
+        connection.execute(
+            table.update()
+            .where(
+                table.c.model_version == features_version,
+                table.c.text_hash == text_hash("Çok kötü."),
+            )
+            .values(vector=praise)
+        )
+    rerun = e5_stage.run(batch, context)
+    assert rerun["sentiment_scores"][1] == pytest.approx(first["sentiment_scores"][0])
 
 
 def test_committed_head_pools_several_layers_and_hands_on_the_e5_embedding(
