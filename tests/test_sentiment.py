@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.numpy
 import torch
 from sqlalchemy import select
 
@@ -69,6 +70,23 @@ def test_head_round_trip_and_probabilities(tmp_path: Path, hidden_dim: int) -> N
     loaded = SentimentHead.load(metadata_path)
     assert loaded.version == "test-head" and loaded.metadata.temperature == 1.7
     np.testing.assert_allclose(loaded.predict_proba(embeddings), proba, rtol=1e-6)
+
+
+def test_head_is_stored_at_float16_precision(tmp_path: Path) -> None:
+    head = _random_head(8)
+    head.save(tmp_path / "h")
+    stored = safetensors.numpy.load_file(str(tmp_path / "h.safetensors"))
+    assert {value.dtype for value in stored.values()} == {np.dtype(np.float16)}
+    for name, value in stored.items():
+        np.testing.assert_array_equal(value.astype(np.float32), head.weights[name])
+    huge = {"out.weight": np.full((3, 384), 1e6), "out.bias": np.zeros(3)}
+    with pytest.raises(ModelError, match="float16 range"):
+        SentimentHead(huge, HeadMetadata(version="h", encoder_version="e"))
+
+
+def test_committed_model_files_stay_small() -> None:
+    for path in (REPO_ROOT / "models" / "heads").iterdir():
+        assert path.stat().st_size < 2 * 1024 * 1024, f"{path} is over 2 MiB"
 
 
 def test_temperature_flattens_but_keeps_the_argmax() -> None:
