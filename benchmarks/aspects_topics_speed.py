@@ -26,13 +26,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines import _schema
-from pipelines._embedding_lookup import TextEmbedder
-from pipelines.aspects import AspectStage
+from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.analysis.aspects import AspectStage
+from pipelines.analysis.topics import TopicStage
+from pipelines.analysis.trends import TrendStage
 from pipelines.stages import StageContext
-from pipelines.store import Store
-from pipelines.topics import TopicStage
-from pipelines.trends import TrendStage
+from pipelines.storage import Store, schema
 from tests._synthetic_feedback import THEMES, feedback_rows
 
 _NOISE = 0.02
@@ -87,7 +86,7 @@ def build_batch(records: int, embedder: TextEmbedder) -> pd.DataFrame:
 def _store_records(store: Store, frame: pd.DataFrame) -> None:
     now = datetime.now(UTC)
     store.insert_ignore(
-        _schema.feedback,
+        schema.feedback,
         [
             {
                 "id": row.id,

@@ -40,7 +40,7 @@ from models.sentiment import (  # noqa: E402
     read_split,
     shared_datasets_dir,
 )
-from pipelines.sentiment import load_sentiment_config  # noqa: E402
+from pipelines.analysis.sentiment import load_sentiment_config  # noqa: E402
 from pipelines.text import split_sentences  # noqa: E402
 
 _NEGATIVE, _POSITIVE = 0, 2

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
-from pipelines.alerts import ALERT_STATUSES, ack_alert, list_alerts, resolve_alert
-from pipelines.flagging import PRIORITIES
+from pipelines.analysis.flagging import PRIORITIES
+from pipelines.delivery.alerts import ALERT_STATUSES, ack_alert, list_alerts, resolve_alert
 from pipelines.settings import load_settings
-from pipelines.store import Store
+from pipelines.storage import Store
 
 __all__ = ["register"]
 

@@ -18,7 +18,7 @@ from pipelines._errors import FeedbackError
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipelines.sentiment import SentimentBackend
+    from pipelines.analysis.sentiment import SentimentBackend
 
 __all__ = ["register"]
 
@@ -49,10 +49,10 @@ def analyze_command(
     """Analyse a file of feedback with the nightly flow's stages: language, sentiment (document
     and sentences), aspects, topic and flags. Optional columns channel, rating, nps,
     author_followers, customer_id and customer_value feed the flagging rules."""
-    from pipelines.analyze import BadRow, analyze_frame, read_feedback_file, write_jsonl
+    from pipelines.analysis.analyze import BadRow, analyze_frame, read_feedback_file, write_jsonl
     from pipelines.registry import build_stages
     from pipelines.stages import StageContext
-    from pipelines.store import Store
+    from pipelines.storage import Store
 
     try:
         frame, bad_rows = read_feedback_file(input_path)
@@ -94,7 +94,7 @@ def _eval_predictor(
 ) -> Callable[[Sequence[str], Sequence[str | None]], np.ndarray]:
     """``(texts, langs) -> proba``; the e5 backend reuses the on-disk embedding cache."""
     from models.sentiment import FeatureCache
-    from pipelines.sentiment import E5HeadBackend
+    from pipelines.analysis.sentiment import E5HeadBackend
 
     if not isinstance(backend, E5HeadBackend):
         return backend.predict_proba
@@ -116,7 +116,7 @@ def eval_command(
 ) -> None:
     """Score the configured sentiment model on labelled data.jsonl files."""
     from models.evaluate import evaluate_folder, print_report, write_report
-    from pipelines.sentiment import build_backend, load_sentiment_config
+    from pipelines.analysis.sentiment import build_backend, load_sentiment_config
 
     try:
         backend = build_backend(load_sentiment_config(config))

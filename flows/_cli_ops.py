@@ -13,7 +13,7 @@ from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
 from pipelines.settings import load_settings
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import Store, resolve_db_url
 
 __all__ = ["register"]
 
@@ -135,7 +135,7 @@ def report(
     db: DbOption = None,
 ) -> None:
     """Regenerate the HTML report of one day (reports/<date>.html)."""
-    from pipelines.report import generate_report
+    from pipelines.delivery.report import generate_report
 
     settings = load_settings(config)
     url = resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)

@@ -14,10 +14,8 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from flows._cli_options import ConfigOption, DbOption, SourceOption
-from pipelines import _schema
-from pipelines.runs import recent_runs
 from pipelines.settings import load_settings
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import Store, recent_runs, resolve_db_url, schema
 
 __all__ = ["register"]
 
@@ -130,7 +128,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
                 ", ".join(f"{k}={v}" for k, v in (run_row.get("model_versions") or {}).items()),
             )
         console.print(table)
-        quarantine = _schema.quarantine
+        quarantine = schema.quarantine
         query = (
             select(quarantine.c.source, quarantine.c.reason, func.count().label("rows"))
             .group_by(quarantine.c.source, quarantine.c.reason)
@@ -144,7 +142,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
         for source_name, reason, count in rows:
             q_table.add_row(source_name, reason, str(count))
         console.print(q_table)
-        console.print(f"Records stored: {store.count(_schema.feedback)}")
+        console.print(f"Records stored: {store.count(schema.feedback)}")
 
 
 def register(app: typer.Typer) -> None:

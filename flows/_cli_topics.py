@@ -12,9 +12,9 @@ from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
 from pipelines._errors import ModelError
+from pipelines.analysis.topics import list_topics, rename_topic
 from pipelines.settings import load_settings
-from pipelines.store import Store
-from pipelines.topics import list_topics, rename_topic
+from pipelines.storage import Store
 
 __all__ = ["register"]
 

@@ -27,14 +27,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from sqlalchemy import exists, select
 
-from pipelines import _schema
 from pipelines._errors import FeedbackError
 from pipelines.ingest import SourceCounts, ingest_batch
-from pipelines.locks import RunLock
-from pipelines.runs import finish_run, start_run
-from pipelines.sources import Source, SourceBatch
+from pipelines.ingest.sources import Source, SourceBatch
 from pipelines.stages import Stage, StageContext
-from pipelines.store import Store
+from pipelines.storage import RunLock, Store, finish_run, schema, start_run
 
 __all__ = [
     "STAGE_CACHE_EXPIRATION",
@@ -186,7 +183,7 @@ def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = (
     Returns:
         One row per record, with the ``feedback`` table's columns.
     """
-    table, results = _schema.feedback, _schema.stage_results
+    table, results = schema.feedback, schema.stage_results
     scope = table.c.run_id == run_id
     for stage_name in unanalysed_by:
         scope = scope | ~exists().where(
@@ -252,7 +249,7 @@ def save_stage(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
     rows = stage.save(batch, context)
     now = datetime.now(UTC)
     context.store.upsert(
-        _schema.stage_results,
+        schema.stage_results,
         [
             {
                 "record_id": str(record_id),
@@ -269,7 +266,7 @@ def save_stage(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
 
 def _saved_ids(store: Store, stage: Stage, ids: Sequence[str], any_version: bool) -> set[str]:
     """Which of ``ids`` have results of ``stage`` (of its current version, or of any)."""
-    table = _schema.stage_results
+    table = schema.stage_results
     found: set[str] = set()
     with store.engine.connect() as connection:
         for start in range(0, len(ids), 1000):

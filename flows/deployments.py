@@ -34,7 +34,7 @@ from flows.rerun import rerun
 from flows.watch import watch
 from pipelines._errors import ConfigError
 from pipelines.settings import load_settings
-from pipelines.store import resolve_db_url
+from pipelines.storage import resolve_db_url
 
 __all__ = [
     "DEFAULT_NIGHTLY_CRON",

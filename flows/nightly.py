@@ -1,7 +1,7 @@
 """The nightly flow: read every source concurrently, store what is new, run the analysis stages,
 write the day's report.
 
-Storing and analysing happen under the pipeline's run lock (``pipelines.locks``), so a nightly
+Storing and analysing happen under the pipeline's run lock (``pipelines.storage``), so a nightly
 run and a rerun started at the same time never write at once; the second waits for the first.
 """
 
@@ -27,15 +27,19 @@ from flows._tasks import (
     summary_markdown,
 )
 from pipelines._errors import FeedbackError
-from pipelines.alerts import AlertStage
 from pipelines.config import config_path
-from pipelines.locks import LockHolder, pipeline_lock
+from pipelines.delivery.alerts import AlertStage
+from pipelines.delivery.report import (
+    GeneratedReport,
+    generate_report,
+    priority_rows,
+    report_markdown,
+)
+from pipelines.ingest.sources import SourceBatch, load_sources
 from pipelines.registry import build_stages
-from pipelines.report import GeneratedReport, generate_report, priority_rows, report_markdown
 from pipelines.settings import PipelineSettings, load_settings
-from pipelines.sources import SourceBatch, load_sources
 from pipelines.stages import StageContext
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import LockHolder, Store, pipeline_lock, resolve_db_url
 
 __all__ = [
     "RunSummary",

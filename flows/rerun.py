@@ -43,15 +43,13 @@ from flows._tasks import (
     summary_markdown,
 )
 from flows.nightly import log_lock_wait
-from pipelines import _schema
 from pipelines._errors import ConfigError, FeedbackError
 from pipelines.config import config_path
-from pipelines.locks import pipeline_lock
+from pipelines.ingest.sources import SourceBatch, load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
-from pipelines.sources import SourceBatch, load_sources
 from pipelines.stages import StageContext
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import Store, pipeline_lock, resolve_db_url, schema
 
 __all__ = ["in_range", "load_range_records", "rerun", "to_utc"]
 
@@ -123,7 +121,7 @@ def load_range_records(
     Returns:
         Rows of ``feedback``, oldest first.
     """
-    table = _schema.feedback
+    table = schema.feedback
     query = select(table).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
     if end is not None:
         query = query.where(table.c.created_at < end)

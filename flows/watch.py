@@ -30,16 +30,14 @@ from flows._tasks import (
     store_batch,
 )
 from pipelines._errors import ConfigError, FeedbackError, StoreError
-from pipelines.alerts import AlertStage
 from pipelines.config import config_path
+from pipelines.delivery.alerts import AlertStage
 from pipelines.ingest import ingest_batch
-from pipelines.locks import LockHolder, RunLock
+from pipelines.ingest.sources import Source, SourceBatch, load_sources
 from pipelines.registry import build_stages
-from pipelines.runs import finish_run, start_run
 from pipelines.settings import load_settings
-from pipelines.sources import Source, SourceBatch, load_sources
 from pipelines.stages import Stage, StageContext
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import LockHolder, RunLock, Store, finish_run, resolve_db_url, start_run
 
 __all__ = ["WATCH_ALERT_KINDS", "WatchSummary", "Watcher", "describe_holder", "watch"]
 

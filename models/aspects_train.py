@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, precision_recall_fscore_support
 from sklearn.model_selection import cross_val_predict
 
-from pipelines.aspects import (
+from pipelines.analysis.aspects import (
     DEFAULT_HEADS_DIR,
     AspectConfig,
     AspectHeads,
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         _embed_cached(a.example_phrases, "aspects-examples")[0] for a in config.detectable
     ]
     heads = train(rows, embeddings, example_vectors, config, encoder_version)
-    from pipelines.aspects import AspectDetector
+    from pipelines.analysis.aspects import AspectDetector
 
     vectors_of = {
         tuple(a.example_phrases): v for a, v in zip(config.detectable, example_vectors, strict=True)

@@ -13,12 +13,12 @@ __all__ = ["STAGES", "build_stages"]
 
 # name -> "module:Class"; each class offers ``from_config(config_dir) -> Stage``.
 STAGES: dict[str, str] = {
-    "sentiment": "pipelines.sentiment:SentimentStage",
-    "aspects": "pipelines.aspects:AspectStage",
-    "topics": "pipelines.topics:TopicStage",
-    "trends": "pipelines.trends:TrendStage",
-    "flagging": "pipelines.flagging:FlaggingStage",
-    "alerts": "pipelines.alerts:AlertStage",
+    "sentiment": "pipelines.analysis.sentiment:SentimentStage",
+    "aspects": "pipelines.analysis.aspects:AspectStage",
+    "topics": "pipelines.analysis.topics:TopicStage",
+    "trends": "pipelines.analysis.trends:TrendStage",
+    "flagging": "pipelines.analysis.flagging:FlaggingStage",
+    "alerts": "pipelines.delivery.alerts:AlertStage",
 }
 
 

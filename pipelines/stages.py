@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import pandas as pd
 
 if TYPE_CHECKING:
-    from pipelines.store import Store
+    from pipelines.storage import Store
 
 __all__ = ["Stage", "StageContext"]
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import spacy
 from spacy.language import Language
 
-from pipelines.normalize import casefold_for_matching
+from pipelines.ingest.normalize import casefold_for_matching
 
 __all__ = ["SUPPORTED_LANGUAGES", "sentencizer", "split_sentences", "tokens"]
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from pipelines.dedupe import text_hash
+from pipelines.ingest.dedupe import text_hash
 
 __all__ = ["THEMES", "feedback_rows", "synthetic_texts"]
 

@@ -17,8 +17,7 @@ from aiosmtpd.controller import Controller
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines import _schema
-from pipelines.alerts import (
+from pipelines.delivery.alerts import (
     DeliveryPolicy,
     Mailer,
     ack_alert,
@@ -28,8 +27,8 @@ from pipelines.alerts import (
     resolve_alert,
     response_times,
 )
-from pipelines.routing import RoutingConfig, load_routing
-from pipelines.store import Store
+from pipelines.delivery.routing import RoutingConfig, load_routing
+from pipelines.storage import Store, schema
 
 T0 = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 
@@ -331,7 +330,7 @@ def test_rerun_sends_nothing_new_and_resend_sends_again(
     assert len(smtp.inbox.envelopes) == 4
     message_ids = [message["Message-ID"] for message in smtp.inbox.messages]
     assert len(set(message_ids)) == 4
-    assert store.count(_schema.alerts) == 2
+    assert store.count(schema.alerts) == 2
 
 
 def test_outbox_gets_the_same_mail_as_smtp_when_no_server_is_configured(

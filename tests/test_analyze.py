@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines._errors import SourceError
-from pipelines.analyze import analyze_frame, read_feedback_file, write_jsonl
-from pipelines.sentiment import SentimentStage
+from pipelines.analysis.analyze import analyze_frame, read_feedback_file, write_jsonl
+from pipelines.analysis.sentiment import SentimentStage
 from pipelines.stages import Stage, StageContext
-from pipelines.store import Store
+from pipelines.storage import Store
 from tests._tiny_models import build_tiny_classifier
 
 REQUIRED_KEYS = {

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import _schema
-from pipelines._embedding_lookup import TextEmbedder
 from pipelines._errors import ConfigError
-from pipelines.aspects import DEFAULT_HEADS_DIR, AspectStage, load_aspect_config
+from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.analysis.aspects import DEFAULT_HEADS_DIR, AspectStage, load_aspect_config
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.stages import StageContext
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 from tests._synthetic_feedback import THEMES, synthetic_texts
 
 THEME_ASPECT = {
@@ -166,9 +165,9 @@ def test_stage_saves_rows_and_survives_bad_input(embedder: TextEmbedder, store: 
     assert len(result) == 3
     assert _names(result["aspects"].iloc[1]) == ["other"]
     written = stage.save(result, context)
-    assert written == store.count(_schema.aspects) >= 3
-    assert store.count(_schema.aspects, record_id="a", aspect="delivery_shipping") == 1
-    assert store.count(_schema.embeddings) >= 3  # record texts cached for the next stage/run
+    assert written == store.count(schema.aspects) >= 3
+    assert store.count(schema.aspects, record_id="a", aspect="delivery_shipping") == 1
+    assert store.count(schema.embeddings) >= 3  # record texts cached for the next stage/run
 
 
 def test_invalid_taxonomy_names_the_key(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipelines._errors import ConfigError
-from pipelines.churn import ChurnDetector, ChurnKind, ChurnRules, matching_form
+from pipelines.analysis.churn import ChurnDetector, ChurnKind, ChurnRules, matching_form
+from pipelines.analysis.flagging import load_flagging_rules
 from pipelines.config import load_yaml_model
-from pipelines.flagging import load_flagging_rules
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from pipelines.dedupe import duplicate_key, mark_duplicates, text_hash
+from pipelines.ingest.dedupe import duplicate_key, mark_duplicates, text_hash
 
 
 def frame(rows: list[dict[str, object]]) -> pd.DataFrame:

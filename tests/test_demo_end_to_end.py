@@ -10,10 +10,9 @@ import pandas as pd
 from sqlalchemy import select
 
 from flows.nightly import nightly
-from pipelines import _schema
-from pipelines.aspects import load_aspect_config
+from pipelines.analysis.aspects import load_aspect_config
 from pipelines.config import DEFAULT_CONFIG_DIR
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 
 
 def test_every_stage_on_the_demo_data(prefect_harness: None, tmp_path: Path) -> None:
@@ -36,7 +35,7 @@ def test_every_stage_on_the_demo_data(prefect_harness: None, tmp_path: Path) -> 
 
     assert set(summary.stage_rows) >= {"sentiment", "aspects", "topics", "flagging", "alerts"}
     with Store(tmp_path / "demo.duckdb") as store, store.engine.connect() as connection:
-        feedback, aspects, flags = _schema.feedback, _schema.aspects, _schema.flags
+        feedback, aspects, flags = schema.feedback, schema.aspects, schema.flags
         aspect_langs = pd.DataFrame(
             connection.execute(
                 select(aspects.c.aspect, feedback.c.lang).join(

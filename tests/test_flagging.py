@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import _schema
 from pipelines._errors import ConfigError
-from pipelines.config import DEFAULT_CONFIG_DIR
-from pipelines.flagging import (
+from pipelines.analysis.flagging import (
     FLAG_COLUMNS,
     FlaggingRules,
     FlaggingStage,
@@ -22,8 +20,9 @@ from pipelines.flagging import (
     load_flagging_rules,
     summarize,
 )
+from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.stages import StageContext
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -198,7 +197,7 @@ def test_missing_optional_columns_and_values_do_not_crash(rules: FlaggingRules) 
 
 def _store_negative(store: Store, record_id: str, customer: str, created: datetime) -> None:
     store.insert_ignore(
-        _schema.feedback,
+        schema.feedback,
         [
             {
                 "id": record_id,
@@ -214,7 +213,7 @@ def _store_negative(store: Store, record_id: str, customer: str, created: dateti
         ],
     )
     store.insert_ignore(
-        _schema.sentiment,
+        schema.sentiment,
         [
             {
                 "record_id": record_id,
@@ -281,9 +280,9 @@ def test_stage_runs_and_upserts_flags(store: Store) -> None:
     result = stage.run(batch, context)
     assert stage.save(result, context) == 2
     assert stage.save(result, context) == 2
-    assert store.count(_schema.flags) == 2
-    assert store.count(_schema.flags, flagged=True) == 1
-    assert store.count(_schema.flags, rules_version=stage.version) == 2
+    assert store.count(schema.flags) == 2
+    assert store.count(schema.flags, flagged=True) == 1
+    assert store.count(schema.flags, rules_version=stage.version) == 2
 
 
 def test_invalid_rules_say_which_key_to_fix(tmp_path: Path) -> None:

@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from pipelines import _schema
 from pipelines.ingest import ingest_batch
+from pipelines.ingest.sources import Rejected, SourceBatch
 from pipelines.records import Channel, FeedbackRecord, record_id
-from pipelines.sources import Rejected, SourceBatch
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 
 START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -41,7 +40,7 @@ def _batch(records: list[FeedbackRecord], rejected: list[Rejected] | None = None
 
 def _stored(store: Store) -> list[dict]:
     with store.engine.connect() as connection:
-        rows = connection.execute(select(_schema.feedback)).mappings().all()
+        rows = connection.execute(select(schema.feedback)).mappings().all()
     return [dict(row) for row in rows]
 
 
@@ -59,9 +58,9 @@ def test_counts_balance_and_rerun_changes_nothing(store: Store) -> None:
 
     again = ingest_batch(_batch(records, rejected), store, "run-2")
     assert (again.read, again.stored, again.duplicates, again.quarantined) == (5, 0, 4, 1)
-    assert store.count(_schema.feedback) == 3
-    assert store.count(_schema.quarantine) == 1
-    assert store.count(_schema.run_source_counts) == 2
+    assert store.count(schema.feedback) == 3
+    assert store.count(schema.quarantine) == 1
+    assert store.count(schema.run_source_counts) == 2
 
 
 def test_stored_text_is_normalized_redacted_and_language_tagged(store: Store) -> None:
@@ -104,7 +103,7 @@ def test_text_empty_after_normalization_is_quarantined(store: Store) -> None:
     counts = ingest_batch(_batch([_record("1", "<br><p></p>"), _record("2", "ok")]), store, "r")
     assert (counts.read, counts.stored, counts.quarantined) == (2, 1, 1)
     with store.engine.connect() as connection:
-        reasons = connection.execute(select(_schema.quarantine.c.reason)).scalars().all()
+        reasons = connection.execute(select(schema.quarantine.c.reason)).scalars().all()
     assert reasons == ["empty_after_normalization"]
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.language import (
+from pipelines.ingest.language import (
     OTHER,
     LanguageGuess,
     LanguageIdentifier,
     detect_language,
     detect_languages,
 )
-from pipelines.normalize import normalize_text
+from pipelines.ingest.normalize import normalize_text
 from pipelines.text import split_sentences
 
 MIN_LETTERS = 20

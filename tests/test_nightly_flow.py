@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.nightly import nightly
-from pipelines import _schema
 from pipelines.config import DEFAULT_CONFIG_DIR
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 
 # What demo/README.md documents: rows per source, deliberate duplicates and broken rows.
 EXPECTED = {
@@ -64,18 +63,18 @@ def test_nightly_on_demo_data_balances_and_reruns_as_noop(
     assert set(summary.channels) == {"review", "survey", "social"}
 
     with Store(db) as store:
-        stored = store.count(_schema.feedback)
-        quarantined = store.count(_schema.quarantine)
+        stored = store.count(schema.feedback)
+        quarantined = store.count(schema.quarantine)
     copy_paste_spam = 4  # kept, marked duplicate_of; the 2 repeated ids are not stored again
     assert stored == sum(row[1] for row in EXPECTED.values()) + copy_paste_spam
 
     second = nightly(config_dir=str(ingest_only_config), db=db)
     assert sum(c.stored for c in second.sources) == 0
     with Store(db) as store:
-        assert store.count(_schema.feedback) == stored
-        assert store.count(_schema.quarantine) == quarantined
+        assert store.count(schema.feedback) == stored
+        assert store.count(schema.quarantine) == quarantined
         with store.engine.connect() as connection:
-            statuses = connection.execute(select(_schema.runs.c.status)).scalars().all()
+            statuses = connection.execute(select(schema.runs.c.status)).scalars().all()
     assert statuses == ["completed", "completed"]
 
 
@@ -113,6 +112,6 @@ def test_nightly_analyses_what_an_ingest_only_run_left(
     stored = sum(row[1] for row in EXPECTED.values())
     assert summary.stage_rows == {"flagging": stored}
     with Store(db) as store:
-        assert store.count(_schema.flags) == stored
+        assert store.count(schema.flags) == stored
     again = nightly(config_dir=str(ingest_only_config), db=db, stages=["flagging"])
     assert again.stage_rows == {"flagging": 0}

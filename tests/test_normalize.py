@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.normalize import casefold_for_matching, normalize_text
+from pipelines.ingest.normalize import casefold_for_matching, normalize_text
 
 ZWNJ = "\u200c"
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipelines.redact import redact
+from pipelines.ingest.redact import redact
 
 PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
 

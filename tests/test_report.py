@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.nightly import write_report
-from pipelines import _schema
-from pipelines.report import (
+from pipelines.analysis.topics import TrendSettings
+from pipelines.delivery.report import (
     HISTORY_DAYS,
     build_report,
     default_report_date,
@@ -38,10 +38,9 @@ from pipelines.report import (
     report_markdown,
     write_html,
 )
-from pipelines.report._charts import NEGATIVE, POSITIVE
+from pipelines.delivery.report._charts import NEGATIVE, POSITIVE
 from pipelines.settings import PipelineSettings
-from pipelines.store import Store
-from pipelines.topics import TrendSettings
+from pipelines.storage import Store, schema
 
 DAY = date(2026, 11, 10)
 ZONE = "Europe/Istanbul"
@@ -104,9 +103,9 @@ def _populate(store: Store) -> None:
         topics.append((number, 7))
     records.append(_record(5, _at(DAY, 11), "social", "en", "Refund still missing"))
     topics += [(5, 7)]
-    store.upsert(_schema.feedback, records)
+    store.upsert(schema.feedback, records)
     store.upsert(
-        _schema.sentiment,
+        schema.sentiment,
         [
             {
                 "record_id": f"{n:032d}",
@@ -123,7 +122,7 @@ def _populate(store: Store) -> None:
         ],
     )
     store.upsert(
-        _schema.aspects,
+        schema.aspects,
         [
             {
                 "record_id": f"{n:032d}",
@@ -138,7 +137,7 @@ def _populate(store: Store) -> None:
         ],
     )
     store.upsert(
-        _schema.record_topics,
+        schema.record_topics,
         [
             {
                 "record_id": f"{n:032d}",
@@ -152,7 +151,7 @@ def _populate(store: Store) -> None:
         ],
     )
     store.upsert(
-        _schema.topics,
+        schema.topics,
         [
             {
                 "model_version": "top-1",
@@ -171,10 +170,10 @@ def _populate(store: Store) -> None:
         ],
     )
     store.upsert(
-        _schema.topic_labels, [{"topic_id": 7, "label": "Late deliveries", "updated_at": now}]
+        schema.topic_labels, [{"topic_id": 7, "label": "Late deliveries", "updated_at": now}]
     )
     store.upsert(
-        _schema.flags,
+        schema.flags,
         [
             {
                 "record_id": f"{n:032d}",
@@ -195,7 +194,7 @@ def _populate(store: Store) -> None:
         ],
     )
     store.upsert(
-        _schema.alerts,
+        schema.alerts,
         [
             {
                 "record_id": f"{4:032d}",

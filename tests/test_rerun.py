@@ -22,13 +22,12 @@ from flows._tasks import open_store
 from flows.cli import app
 from flows.nightly import nightly
 from flows.rerun import in_range, rerun, to_utc
-from pipelines import _schema, registry
+from pipelines import registry
 from pipelines._errors import StoreError
-from pipelines.locks import RunLock
+from pipelines.ingest.sources import Rejected, SourceBatch
 from pipelines.records import Channel, FeedbackRecord
-from pipelines.sources import Rejected, SourceBatch
 from pipelines.stages import Stage, StageContext
-from pipelines.store import Store, resolve_db_url
+from pipelines.storage import RunLock, Store, resolve_db_url, schema
 
 _TEST_TABLES = MetaData()
 scores = Table(
@@ -194,7 +193,7 @@ def _rows(config: Path, query: Any, db: Path | None = None) -> list[tuple[Any, .
 
 
 def _stored_ids_between(config: Path, start: datetime, end: datetime) -> set[str]:
-    table = _schema.feedback
+    table = schema.feedback
     query = select(table.c.id).where(table.c.created_at >= start, table.c.created_at < end)
     return {row[0] for row in _rows(config, query)}
 
@@ -238,7 +237,7 @@ def test_backfill_reprocesses_exactly_the_range(prefect_harness: None, workspace
     assert summary.analysed == len(in_range_ids) and ScoreStage.calls == [len(in_range_ids)]
     scored = {row[0] for row in _rows(workspace, select(scores.c.record_id))}
     assert scored == in_range_ids
-    all_ids = {row[0] for row in _rows(workspace, select(_schema.feedback.c.id))}
+    all_ids = {row[0] for row in _rows(workspace, select(schema.feedback.c.id))}
     assert len(all_ids) == 32  # the late row of 8 November is outside the range: not stored
     with Store(workspace.parent / "feedback.duckdb") as store:
         assert store.get_watermark("reviews") == watermark
@@ -264,7 +263,7 @@ def test_reanalyze_stores_the_new_model_version_beside_the_old(
     assert versions["version"].value_counts().to_dict() == {"score-1": 30, "score-2": 6}
     both = versions.groupby("record_id").size()
     assert (both == 2).sum() == 6
-    ledger = _rows(workspace, select(_schema.stage_results.c.version))
+    ledger = _rows(workspace, select(schema.stage_results.c.version))
     assert sorted({row[0] for row in ledger}) == ["score-1", "score-2"]
 
 
@@ -294,7 +293,7 @@ def test_crashed_run_is_completed_by_rerunning(prefect_harness: None, workspace:
     assert state.is_failed()
     with pytest.raises(RuntimeError, match="injected crash"):
         state.result()
-    runs = _rows(workspace, select(_schema.runs.c.status, _schema.runs.c.message))
+    runs = _rows(workspace, select(schema.runs.c.status, schema.runs.c.message))
     assert runs[0][0] == "failed" and "injected crash" in runs[0][1]
     assert len(_rows(workspace, select(scores))) == 30  # the first stage had finished
     assert _rows(workspace, select(checks)) == []
@@ -306,21 +305,21 @@ def test_crashed_run_is_completed_by_rerunning(prefect_harness: None, workspace:
     assert summary.stage_rows == {"score": 0, "crash_once": 30}
     assert summary.cached_stages == ["score"]  # not recomputed: the crashed run's result
     assert ScoreStage.calls == [30]
-    stored = _rows(workspace, select(_schema.feedback.c.id))
+    stored = _rows(workspace, select(schema.feedback.c.id))
     score_rows = _rows(workspace, select(scores.c.record_id, scores.c.score))
     assert len(stored) == len(score_rows) == len(_rows(workspace, select(checks))) == 30
     assert _rows(workspace, select(checks)) == score_rows
     for counts in summary.sources:
         assert counts.read == counts.stored + counts.duplicates + counts.quarantined
         assert counts.stored == 0
-    statuses = [row[0] for row in _rows(workspace, select(_schema.runs.c.status))]
+    statuses = [row[0] for row in _rows(workspace, select(schema.runs.c.status))]
     assert sorted(statuses) == ["completed", "failed"]
 
 
 def _final_rows(config: Path, db: Path | None = None) -> dict[str, list[tuple[Any, ...]]]:
-    feedback = _schema.feedback
-    ledger = _schema.stage_results
-    quarantine = _schema.quarantine
+    feedback = schema.feedback
+    ledger = schema.stage_results
+    quarantine = schema.quarantine
     queries = {
         "feedback": select(
             feedback.c.id, feedback.c.text, feedback.c.created_at, feedback.c.duplicate_of
@@ -328,7 +327,7 @@ def _final_rows(config: Path, db: Path | None = None) -> dict[str, list[tuple[An
         "scores": select(scores.c.record_id, scores.c.model_version, scores.c.score),
         "ledger": select(ledger.c.record_id, ledger.c.stage, ledger.c.version),
         "quarantine": select(quarantine.c.id, quarantine.c.reason),
-        "locks": select(_schema.run_locks),
+        "locks": select(schema.run_locks),
     }
     return {name: _rows(config, query, db) for name, query in queries.items()}
 

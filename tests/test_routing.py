@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pipelines._errors import ConfigError
-from pipelines.routing import RoutingConfig, load_routing
+from pipelines.delivery.routing import RoutingConfig, load_routing
 
 ROUTING = """
 default_sla_hours: {P1: 4, P2: 24, P3: 72}

@@ -25,18 +25,17 @@ from models.sentiment.train import (
     row_weights,
     train_head,
 )
-from pipelines import _schema
 from pipelines._errors import ConfigError, ModelError
-from pipelines.dedupe import text_hash
-from pipelines.sentiment import (
+from pipelines.analysis.sentiment import (
     E5HeadBackend,
     HFSequenceClassificationBackend,
     HFSettings,
     SentimentStage,
     load_sentiment_config,
 )
+from pipelines.ingest.dedupe import text_hash
 from pipelines.stages import StageContext
-from pipelines.store import Store
+from pipelines.storage import Store, schema
 from tests._tiny_models import build_tiny_classifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +279,7 @@ def test_stage_with_hf_backend_adds_columns_and_saves(
     assert "embedding" not in result.columns  # the HF backend has no document vectors
     assert stage.save(result, context) == 2
     with store.engine.connect() as connection:
-        rows = connection.execute(select(_schema.sentiment)).mappings().all()
+        rows = connection.execute(select(schema.sentiment)).mappings().all()
     assert {row["model_version"] for row in rows} == {stage.version}
     assert rows[0]["negative"] + rows[0]["neutral"] + rows[0]["positive"] == pytest.approx(1.0)
 
@@ -352,7 +351,7 @@ def test_document_embeddings_are_cached_in_the_store(
     context = StageContext(store, "run-1")
     first = e5_stage.run(batch, context)
     with store.engine.connect() as connection:
-        rows = connection.execute(select(_schema.embeddings)).mappings().all()
+        rows = connection.execute(select(schema.embeddings)).mappings().all()
     by_version: dict[str, list[bytes]] = {}
     for row in rows:
         by_version.setdefault(row["model_version"], []).append(row["vector"])
@@ -365,12 +364,12 @@ def test_document_embeddings_are_cached_in_the_store(
     assert {len(vector) for vector in by_version[features_version]} == {384 * len(layers) * 4}
 
     cached = e5_stage.run(batch, context)
-    assert store.count(_schema.embeddings) == 4
+    assert store.count(schema.embeddings) == 4
     np.testing.assert_allclose(cached["embedding"][0], first["embedding"][0])
     assert cached["sentiment_scores"][0] == pytest.approx(first["sentiment_scores"][0])
 
     # A rerun reads the cached features: give "Çok kötü." the features of the praise.
-    table = _schema.embeddings
+    table = schema.embeddings
     with store.engine.begin() as connection:
         praise = connection.execute(
             select(table.c.vector).where(

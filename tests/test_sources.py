@@ -21,8 +21,7 @@ from openpyxl import Workbook
 
 from pipelines._errors import ConfigError, CountBalanceError, SourceError
 from pipelines.config import load_yaml_model
-from pipelines.records import Channel, content_id, record_id
-from pipelines.sources import (
+from pipelines.ingest.sources import (
     REJECT_REASONS,
     CsvSource,
     HttpJsonSource,
@@ -34,6 +33,7 @@ from pipelines.sources import (
     detect_encoding,
     load_sources,
 )
+from pipelines.records import Channel, content_id, record_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TURKISH = [

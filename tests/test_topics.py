@@ -13,18 +13,17 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines import _schema
-from pipelines._embedding_lookup import TextEmbedder
-from pipelines.dedupe import text_hash
-from pipelines.stages import StageContext
-from pipelines.store import Store
-from pipelines.topics import (
+from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.analysis.topics import (
     UNASSIGNED,
     TopicStage,
     latest_topic_model,
     list_topics,
     rename_topic,
 )
+from pipelines.ingest.dedupe import text_hash
+from pipelines.stages import StageContext
+from pipelines.storage import Store, schema
 from tests._synthetic_feedback import THEMES, feedback_rows
 
 START = datetime(2024, 2, 1, tzinfo=UTC)
@@ -76,7 +75,7 @@ def _store_window(store: Store, embedder: TextEmbedder, frame: pd.DataFrame) -> 
     """Records as ingested earlier, with their embeddings cached as the sentiment stage does."""
     now = datetime.now(UTC)
     store.insert_ignore(
-        _schema.feedback,
+        schema.feedback,
         [
             {
                 "id": row.id,
@@ -93,7 +92,7 @@ def _store_window(store: Store, embedder: TextEmbedder, frame: pd.DataFrame) -> 
         ],
     )
     store.insert_ignore(
-        _schema.sentiment,
+        schema.sentiment,
         [
             {
                 "record_id": row.id,
@@ -209,8 +208,8 @@ def test_nightly_run_between_refits_only_assigns(
         context = StageContext(store=store, run_id=f"night-{night}")
         batch = _probe_batch(store, day + timedelta(days=offset), embedder, str(night))
         stage.save(stage.run(batch, context), context)
-    assert store.count(_schema.topic_models) == 1
-    assert store.count(_schema.record_topics) == 2 * len(PROBES)
+    assert store.count(schema.topic_models) == 1
+    assert store.count(schema.record_topics) == 2 * len(PROBES)
 
 
 def test_unrelated_text_is_unassigned_and_empty_batch_is_fine(

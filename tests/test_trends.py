@@ -7,10 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from pipelines import _schema
+from pipelines.analysis.trends import TrendStage, daily_negative_counts, detect_spikes
 from pipelines.stages import StageContext
-from pipelines.store import Store
-from pipelines.trends import TrendStage, daily_negative_counts, detect_spikes
+from pipelines.storage import Store, schema
 
 RUN_DAY = date(2024, 3, 20)
 
@@ -142,8 +141,8 @@ def _store_history(store: Store) -> None:
                     "created_at": now,
                 }
             )
-    store.insert_ignore(_schema.feedback, feedback_rows)
-    store.insert_ignore(_schema.aspects, aspect_rows)
+    store.insert_ignore(schema.feedback, feedback_rows)
+    store.insert_ignore(schema.aspects, aspect_rows)
 
 
 def test_stage_marks_records_of_a_spike(store: Store) -> None:

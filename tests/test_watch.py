@@ -23,11 +23,10 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.nightly import nightly
 from flows.watch import Watcher, watch
-from pipelines import _schema
 from pipelines._errors import StoreError
 from pipelines.config import DEFAULT_CONFIG_DIR
-from pipelines.locks import RunLock
 from pipelines.registry import STAGES
+from pipelines.storage import RunLock, schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,7 +158,7 @@ reports_dir: {tmp_path / "reports"}
 
 
 def alert_rows(watcher: Watcher) -> dict[str, tuple[str, str, str]]:
-    alerts = _schema.alerts
+    alerts = schema.alerts
     query = select(alerts.c.payload, alerts.c.priority, alerts.c.kind, alerts.c.status)
     with watcher.store.engine.connect() as connection:
         return {
@@ -198,7 +197,7 @@ def test_watch_mails_p1_at_once_then_only_new_posts(
     assert (idle.stored, idle.p1_sent, idle.failed_sources) == (0, 0, {})
     assert len(inbox.messages) == 2
     with watcher.store.engine.connect() as connection:
-        flows = connection.execute(select(_schema.runs.c.flow)).scalars().all()
+        flows = connection.execute(select(schema.runs.c.flow)).scalars().all()
     assert flows == ["watch", "watch"]  # the idle poll leaves no run row
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines._errors import ConfigError
-from pipelines.normalize import normalize_text
-from pipelines.redact import redact
+from pipelines.ingest.normalize import normalize_text
+from pipelines.ingest.redact import redact
 
 __all__ = [
     "LABELS",

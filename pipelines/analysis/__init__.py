@@ -1,0 +1,1 @@
+"""Analysis stages over stored records: sentiment, aspects, topics, trends and flagging."""

@@ -1,0 +1,636 @@
+"""Aspect detection: what each record (and each of its sentences) is about, with a polarity.
+
+Scoring, for a sentence embedding ``e`` and an aspect ``a`` of ``configs/aspects.yaml``:
+
+* **prototype score**: mean cosine of ``e`` to its ``top_k`` nearest example phrases of ``a``
+  minus the mean of that quantity over all aspects (centring removes the encoder's baseline
+  similarity), mapped to a probability by one aspect-agnostic logistic calibration learnt on the
+  annotated data sets. Any aspect with examples gets this score, so adding an aspect to the
+  YAML needs no code change and no retraining.
+* **head score**: a logistic head per aspect on the embedding
+  (``models/heads/aspects.safetensors``) trained by ``python -m models.aspects_train`` on the
+  mapped data sets plus the YAML examples (weighted, every language); aspects no data set has
+  (returns, loyalty) learn from the examples alone. Where a head exists it replaces the
+  prototype score; an aspect added to the YAML later has none until the next training.
+
+An aspect is reported when its probability reaches its threshold (tuned out-of-fold on the
+training split where the data has the aspect, 0.5 for example-only heads, the calibrated
+prototype threshold for head-less aspects; overridable per aspect in the YAML). Its polarity is
+the sentiment of the sentence that scored highest for it (from the sentiment stage's
+``sentences`` column), else the record's sentiment, else ``neutral``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field, field_validator, model_validator
+from safetensors.numpy import load_file, save_file
+
+from pipelines._errors import ModelError
+from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.config import config_path, load_yaml_model
+from pipelines.stages import Stage, StageContext
+from pipelines.storage import schema
+from pipelines.text import split_sentences
+
+__all__ = [
+    "ASPECTS_CONFIG",
+    "DEFAULT_HEADS_DIR",
+    "OTHER_ASPECT",
+    "AspectConfig",
+    "AspectDefinition",
+    "AspectDetector",
+    "AspectHeads",
+    "AspectStage",
+    "load_aspect_config",
+    "normalize_polarity",
+    "record_aspects",
+]
+
+ASPECTS_CONFIG = "aspects.yaml"
+OTHER_ASPECT = "other"
+LANGUAGES = ("tr", "fa", "ro", "en")
+DEFAULT_HEADS_DIR = Path(__file__).resolve().parent.parent / "models" / "heads"
+HEADS_STEM = "aspects"
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+_POLARITY_ALIASES = {
+    "neg": "negative",
+    "negative": "negative",
+    "neu": "neutral",
+    "neutral": "neutral",
+    "pos": "positive",
+    "positive": "positive",
+}
+
+
+def normalize_polarity(value: object) -> str:
+    """Map a sentiment label (``neg``/``negative``/...) onto negative|neutral|positive.
+
+    Args:
+        value: Any label; unknown values and missing ones give ``neutral``.
+
+    Returns:
+        ``negative``, ``neutral`` or ``positive``.
+    """
+    return _POLARITY_ALIASES.get(str(value).strip().lower(), "neutral") if value else "neutral"
+
+
+class AspectDefinition(BaseModel):
+    """One aspect of the taxonomy.
+
+    Attributes:
+        name: Stable snake_case key stored with every result.
+        labels: Display label per language (tr, fa, ro and en required).
+        examples: Short example phrases per language; they define the aspect for the detector.
+        threshold: Optional probability threshold overriding the tuned one.
+    """
+
+    name: str
+    labels: dict[str, str]
+    examples: dict[str, list[str]] = Field(default_factory=dict)
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _snake_case(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError("use snake_case letters, digits and '_' (e.g. 'delivery_shipping')")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _all_languages(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = [lang for lang in LANGUAGES if not value.get(lang)]
+        if missing:
+            raise ValueError(f"add a label for {', '.join(missing)}")
+        return value
+
+    @property
+    def example_phrases(self) -> list[str]:
+        """All example phrases, every language, in file order."""
+        return [phrase for phrases in self.examples.values() for phrase in phrases if phrase]
+
+
+class AspectConfig(BaseModel):
+    """``configs/aspects.yaml``.
+
+    Attributes:
+        max_aspects_per_sentence: Most aspects reported for one sentence (best first).
+        max_sentences_per_record: Sentences scored one by one per record; the whole record is
+            always scored too, so later sentences still count through it.
+        prototype_top_k: Nearest example phrases averaged in the prototype score.
+        aspects: The taxonomy; must contain ``other`` (the fallback, no examples).
+        dataset_mapping: Data-set category -> aspect (``null``: not ours), per data set;
+            keys may use ``*`` wildcards, first match wins.
+    """
+
+    max_aspects_per_sentence: int = Field(default=3, ge=1)
+    max_sentences_per_record: int = Field(default=20, ge=1)
+    prototype_top_k: int = Field(default=3, ge=1)
+    aspects: list[AspectDefinition]
+    dataset_mapping: dict[str, dict[str, str | None]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AspectConfig:
+        names = [aspect.name for aspect in self.aspects]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"aspect names must be unique; repeated: {duplicates}")
+        if OTHER_ASPECT not in names:
+            raise ValueError(f"add the fallback aspect '{OTHER_ASPECT}' (labels, no examples)")
+        for aspect in self.aspects:
+            if aspect.name != OTHER_ASPECT and not aspect.example_phrases:
+                raise ValueError(f"aspect '{aspect.name}' needs example phrases")
+        for dataset, mapping in self.dataset_mapping.items():
+            unknown = sorted({t for t in mapping.values() if t is not None and t not in names})
+            if unknown:
+                raise ValueError(f"dataset_mapping.{dataset} maps onto unknown aspects {unknown}")
+        return self
+
+    @property
+    def detectable(self) -> list[AspectDefinition]:
+        """Aspects the detector scores (every aspect but ``other``)."""
+        return [aspect for aspect in self.aspects if aspect.name != OTHER_ASPECT]
+
+    def map_category(self, dataset: str, category: str) -> str | None:
+        """Our aspect for a data-set category.
+
+        Args:
+            dataset: Key of ``dataset_mapping``.
+            category: The category as annotated (``FOOD#PRICES``, ``Late Flight``...).
+
+        Returns:
+            The aspect name, or None when the category is not one of ours or is not listed.
+        """
+        for pattern, target in self.dataset_mapping.get(dataset, {}).items():
+            if fnmatchcase(category, pattern):
+                return target
+        return None
+
+    def fingerprint(self) -> str:
+        """Short hash of what changes detection (names, examples, thresholds, limits)."""
+        payload = self.model_dump(exclude={"dataset_mapping"})
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()[:8]
+
+
+def load_aspect_config(config_dir: str | os.PathLike[str] | None = None) -> AspectConfig:
+    """Load and validate ``aspects.yaml``.
+
+    Args:
+        config_dir: Folder holding ``aspects.yaml`` (None: ``$FEEDBACK_CONFIG_DIR`` or the
+            defaults in ``configs/``).
+
+    Returns:
+        The taxonomy.
+
+    Raises:
+        ConfigError: Missing file or invalid key (the message names it and the fix).
+    """
+    return load_yaml_model(config_path(ASPECTS_CONFIG, config_dir), AspectConfig)
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(values, -30.0, 30.0)))
+
+
+@dataclass
+class AspectHeads:
+    """Trained parameters of the detector (``models/heads/aspects.{safetensors,json}``).
+
+    Attributes:
+        version: Head version (training date + data fingerprint).
+        encoder_version: Encoder the heads were trained on; must match at load.
+        prototype_slope: Calibration slope of the centred prototype similarity.
+        prototype_intercept: Calibration intercept.
+        prototype_threshold: Probability threshold for aspects scored by prototype only.
+        weights: Aspect -> logistic head weight vector (dim,).
+        biases: Aspect -> head bias.
+        thresholds: Aspect -> tuned probability threshold of its head.
+        metrics: Evaluation figures written by training (documentation only).
+    """
+
+    version: str
+    encoder_version: str
+    prototype_slope: float
+    prototype_intercept: float
+    prototype_threshold: float
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    biases: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``aspects.safetensors`` (head weights) and ``aspects.json`` (the rest).
+
+        Args:
+            directory: Target folder (created if needed).
+        """
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{name}.weight": np.ascontiguousarray(weight, dtype=np.float32)
+            for name, weight in self.weights.items()
+        } | {
+            f"{name}.bias": np.array([bias], dtype=np.float32) for name, bias in self.biases.items()
+        }
+        save_file(tensors, str(folder / f"{HEADS_STEM}.safetensors"))
+        meta = {
+            "version": self.version,
+            "encoder_version": self.encoder_version,
+            "prototype": {
+                "slope": self.prototype_slope,
+                "intercept": self.prototype_intercept,
+                "threshold": self.prototype_threshold,
+            },
+            "thresholds": self.thresholds,
+            "metrics": self.metrics,
+        }
+        (folder / f"{HEADS_STEM}.json").write_text(
+            json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
+        )
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str] | None = None) -> AspectHeads:
+        """Read heads written by :meth:`save`.
+
+        Args:
+            directory: Folder; None uses ``models/heads``.
+
+        Returns:
+            The heads.
+
+        Raises:
+            ModelError: Files missing or unreadable.
+        """
+        folder = Path(directory) if directory is not None else DEFAULT_HEADS_DIR
+        meta_file = folder / f"{HEADS_STEM}.json"
+        tensor_file = folder / f"{HEADS_STEM}.safetensors"
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            tensors = load_file(str(tensor_file))
+            prototype = meta["prototype"]
+            names = sorted(
+                key.removesuffix(".weight") for key in tensors if key.endswith(".weight")
+            )
+            return cls(
+                version=str(meta["version"]),
+                encoder_version=str(meta["encoder_version"]),
+                prototype_slope=float(prototype["slope"]),
+                prototype_intercept=float(prototype["intercept"]),
+                prototype_threshold=float(prototype["threshold"]),
+                weights={name: tensors[f"{name}.weight"] for name in names},
+                biases={name: float(tensors[f"{name}.bias"][0]) for name in names},
+                thresholds={str(k): float(v) for k, v in meta.get("thresholds", {}).items()},
+                metrics=meta.get("metrics", {}),
+            )
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ModelError(
+                f"aspect heads in {folder} are missing or unreadable ({exc}). Train them with "
+                "`python -m models.aspects_train` (needs ../shared/datasets)."
+            ) from exc
+
+
+def prototype_similarity(
+    embeddings: np.ndarray, examples: Sequence[np.ndarray], top_k: int
+) -> np.ndarray:
+    """Centred top-k example similarity of each embedding to each aspect.
+
+    Args:
+        embeddings: (N, dim) unit-norm vectors.
+        examples: Per aspect, its (n_examples, dim) unit-norm example vectors.
+        top_k: Nearest examples averaged per aspect.
+
+    Returns:
+        (N, len(examples)) similarities minus their row mean.
+    """
+    columns = []
+    for vectors in examples:
+        similarities = embeddings @ vectors.T
+        k = min(top_k, vectors.shape[0])
+        nearest = np.partition(similarities, similarities.shape[1] - k, axis=1)[:, -k:]
+        columns.append(nearest.mean(axis=1))
+    raw = np.stack(columns, axis=1)
+    return raw - raw.mean(axis=1, keepdims=True)
+
+
+class AspectDetector:
+    """Scores embeddings against the taxonomy.
+
+    Args:
+        config: The taxonomy.
+        heads: Trained heads and calibration.
+        embed: Function returning unit-norm passage embeddings for texts (used for the example
+            phrases, once).
+        encoder_version: Version of the encoder behind ``embed``; must match the heads'.
+
+    Raises:
+        ModelError: The heads were trained on another encoder.
+    """
+
+    def __init__(
+        self,
+        config: AspectConfig,
+        heads: AspectHeads,
+        embed: Callable[[list[str]], np.ndarray],
+        encoder_version: str,
+    ) -> None:
+        if heads.encoder_version != encoder_version:
+            raise ModelError(
+                f"aspect heads were trained on encoder {heads.encoder_version} but the pipeline "
+                f"uses {encoder_version}; retrain with `python -m models.aspects_train`."
+            )
+        self.config = config
+        self.heads = heads
+        self.names = [aspect.name for aspect in config.detectable]
+        self._examples = [embed(aspect.example_phrases) for aspect in config.detectable]
+        self.thresholds = np.array(
+            [
+                aspect.threshold
+                if aspect.threshold is not None
+                else heads.thresholds.get(aspect.name, heads.prototype_threshold)
+                for aspect in config.detectable
+            ],
+            dtype=np.float32,
+        )
+        self._headed = [index for index, name in enumerate(self.names) if name in heads.weights]
+        self._head_matrix = (
+            np.stack([heads.weights[self.names[i]] for i in self._headed], axis=1)
+            if self._headed
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+        self._head_bias = np.array([heads.biases[self.names[i]] for i in self._headed])
+
+    @property
+    def version(self) -> str:
+        """Model version stored with every result: heads version + taxonomy fingerprint."""
+        return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probability of each aspect for each embedding.
+
+        Args:
+            embeddings: (N, dim) unit-norm vectors.
+
+        Returns:
+            (N, len(names)) probabilities, columns in ``names`` order.
+        """
+        if embeddings.shape[0] == 0:
+            return np.zeros((0, len(self.names)), dtype=np.float32)
+        centred = prototype_similarity(embeddings, self._examples, self.config.prototype_top_k)
+        probabilities = _sigmoid(
+            self.heads.prototype_slope * centred + self.heads.prototype_intercept
+        )
+        if self._headed:
+            probabilities[:, self._headed] = _sigmoid(
+                embeddings @ self._head_matrix + self._head_bias
+            )
+        return probabilities.astype(np.float32)
+
+    def detect(self, embeddings: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Aspects above threshold per embedding, best first, at most ``max_aspects_per_sentence``.
+
+        Args:
+            embeddings: (N, dim) unit-norm vectors.
+
+        Returns:
+            Per row, ``(aspect, probability)`` pairs (empty when nothing passes).
+        """
+        probabilities = self.probabilities(embeddings)
+        limit = self.config.max_aspects_per_sentence
+        found: list[list[tuple[str, float]]] = []
+        for row in probabilities:
+            passing = np.flatnonzero(row >= self.thresholds)
+            best = passing[np.argsort(-row[passing])][:limit]
+            found.append([(self.names[i], float(row[i])) for i in best])
+        return found
+
+
+def _sentence_texts_and_polarities(
+    row: pd.Series, max_sentences: int, record_polarity: str
+) -> tuple[list[str], list[str]]:
+    given = row.get("sentences")
+    if isinstance(given, list | tuple) and given:
+        items = [item for item in given if isinstance(item, dict)]
+        texts = [str(item.get("text") or "") for item in items]
+        polarities = [normalize_polarity(item.get("sentiment")) for item in items]
+    else:
+        text, lang = row.get("text"), row.get("lang")
+        texts = (
+            split_sentences(text, lang if isinstance(lang, str) else None)
+            if isinstance(text, str)
+            else []
+        )
+        polarities = [record_polarity] * len(texts)
+    kept = [pair for pair in zip(texts, polarities, strict=True) if pair[0].strip()]
+    return [text for text, _ in kept[:max_sentences]], [p for _, p in kept[:max_sentences]]
+
+
+def record_aspects(
+    batch: pd.DataFrame,
+    detector: AspectDetector,
+    doc_embeddings: np.ndarray,
+    embed_sentences: Callable[[list[str]], np.ndarray],
+) -> list[list[dict[str, Any]]]:
+    """Aspects of every record: union of its sentences' aspects and the whole record's.
+
+    Args:
+        batch: Records with ``text`` and ``lang``; optional ``sentences`` (sentiment stage:
+            ``[{text, sentiment, ...}]``), ``sentence_embeddings`` (arrays aligned with
+            ``sentences``) and ``sentiment`` (record label).
+        detector: The aspect detector.
+        doc_embeddings: (len(batch), dim) record embeddings.
+        embed_sentences: Embeds sentence texts (cache-backed) for multi-sentence records
+            without ``sentence_embeddings``.
+
+    Returns:
+        Per record, ``[{aspect, polarity, score, evidence}]`` best first, where ``evidence`` is
+        the sentence that scored highest (None when only the whole record did); a record with
+        no aspect gets ``[{aspect: "other", ...}]`` with score 1 - its best probability.
+    """
+    record_polarity = (
+        [normalize_polarity(value) for value in batch["sentiment"]]
+        if "sentiment" in batch.columns
+        else ["neutral"] * len(batch)
+    )
+    sentences = [
+        _sentence_texts_and_polarities(
+            row, detector.config.max_sentences_per_record, record_polarity[index]
+        )
+        for index, (_, row) in enumerate(batch.iterrows())
+    ]
+    given = list(batch["sentence_embeddings"]) if "sentence_embeddings" in batch.columns else None
+    # Single-sentence records are scored through their record embedding only.
+    blocks: list[np.ndarray | None] = []
+    to_embed: list[str] = []
+    for index, (texts, _) in enumerate(sentences):
+        vectors = given[index] if given is not None else None
+        if len(texts) <= 1:
+            blocks.append(np.zeros((0, doc_embeddings.shape[1]), dtype=np.float32))
+        elif isinstance(vectors, list | tuple | np.ndarray) and len(vectors) >= len(texts):
+            blocks.append(np.asarray(list(vectors)[: len(texts)], dtype=np.float32))
+        else:
+            blocks.append(None)
+            to_embed.extend(texts)
+    embedded = embed_sentences(to_embed) if to_embed else None
+    offset = 0
+    for index, (texts, _) in enumerate(sentences):
+        if blocks[index] is None and embedded is not None:
+            blocks[index] = embedded[offset : offset + len(texts)]
+            offset += len(texts)
+    stacked = np.concatenate([doc_embeddings, *[b for b in blocks if b is not None]], axis=0)
+    probabilities = detector.probabilities(stacked)
+    detected = detector.detect(stacked)
+    results: list[list[dict[str, Any]]] = []
+    position = len(batch)
+    for index, (texts, polarities) in enumerate(sentences):
+        single = len(texts) == 1
+        candidates: list[dict[str, Any]] = [
+            {
+                "aspect": aspect,
+                "polarity": polarities[0] if single else record_polarity[index],
+                "score": round(score, 4),
+                "evidence": texts[0] if single else None,
+            }
+            for aspect, score in detected[index]
+        ]
+        for offset_in_record in range(len(blocks[index])):  # type: ignore[arg-type]
+            candidates.extend(
+                {
+                    "aspect": aspect,
+                    "polarity": polarities[offset_in_record],
+                    "score": round(score, 4),
+                    "evidence": texts[offset_in_record],
+                }
+                for aspect, score in detected[position + offset_in_record]
+            )
+        position += len(blocks[index])  # type: ignore[arg-type]
+        best: dict[str, dict[str, Any]] = {}
+        for candidate in candidates:
+            current = best.get(candidate["aspect"])
+            if current is None or (candidate["score"], candidate["evidence"] is not None) > (
+                current["score"],
+                current["evidence"] is not None,
+            ):
+                best[candidate["aspect"]] = candidate
+        if best:
+            results.append(sorted(best.values(), key=lambda item: -item["score"]))
+            continue
+        top = float(probabilities[index].max()) if probabilities.shape[1] else 0.0
+        results.append(
+            [
+                {
+                    "aspect": OTHER_ASPECT,
+                    "polarity": record_polarity[index],
+                    "score": round(1.0 - top, 4),
+                    "evidence": None,
+                }
+            ]
+        )
+    return results
+
+
+class AspectStage(Stage):
+    """Adds ``aspects`` ([{aspect, polarity, score, evidence}]) and stores the ``aspects`` table.
+
+    Args:
+        config_dir: Folder with ``aspects.yaml`` (None: default resolution).
+        heads_dir: Folder with the trained heads (None: ``models/heads``).
+        embedder: Embedding provider; None builds one over the run's store (cache) that loads
+            the encoder only if some text is not cached.
+    """
+
+    name = "aspects"
+
+    def __init__(
+        self,
+        config_dir: str | os.PathLike[str] | None = None,
+        heads_dir: str | os.PathLike[str] | None = None,
+        embedder: TextEmbedder | None = None,
+    ) -> None:
+        self.config = load_aspect_config(config_dir)
+        self.heads = AspectHeads.load(heads_dir)
+        self.embedder = embedder
+        self._detector: AspectDetector | None = None
+
+    @property
+    def version(self) -> str:
+        """Heads version + taxonomy fingerprint."""
+        return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
+
+    def detector(self, embedder: TextEmbedder) -> AspectDetector:
+        """The detector, built on first use (embeds the example phrases once).
+
+        Args:
+            embedder: Embedding provider for the example phrases.
+
+        Returns:
+            The detector.
+        """
+        if self._detector is None:
+            self._detector = AspectDetector(
+                self.config, self.heads, embedder.embed, embedder.version
+            )
+        return self._detector
+
+    def run(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Add the ``aspects`` column (see :func:`record_aspects`).
+
+        Args:
+            batch: Records (``id``, ``text``, ``lang``; optional sentiment columns, ``embedding``).
+            context: Run context; its store caches embeddings.
+
+        Returns:
+            The batch with ``aspects``.
+        """
+        result = batch.copy()
+        if result.empty:
+            result["aspects"] = pd.Series([], dtype=object)
+            return result
+        embedder = self.embedder or TextEmbedder(store=context.store)
+        detector = self.detector(embedder)
+        doc_embeddings = embedder.batch_embeddings(result)
+        result["aspects"] = record_aspects(result, detector, doc_embeddings, embedder.embed)
+        return result
+
+    def save(self, batch: pd.DataFrame, context: StageContext) -> int:
+        """Upsert one ``aspects`` row per (record, aspect).
+
+        Args:
+            batch: Output of :meth:`run`.
+            context: Run context.
+
+        Returns:
+            Rows written.
+        """
+        if "aspects" not in batch.columns:
+            return 0
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "record_id": record_id,
+                "aspect": item["aspect"],
+                "model_version": self.version,
+                "polarity": item["polarity"],
+                "score": float(item["score"]),
+                "run_id": context.run_id,
+                "created_at": now,
+            }
+            for record_id, items in zip(batch["id"], batch["aspects"], strict=True)
+            if isinstance(items, list)
+            for item in items
+        ]
+        context.store.upsert(schema.aspects, rows)
+        return len(rows)

@@ -1,0 +1,1 @@
+"""Delivery: routing rules, alert mails and the daily report."""

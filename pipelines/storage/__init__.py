@@ -1,0 +1,33 @@
+"""Storage: the one place SQL lives. DuckDB by default, PostgreSQL by URL.
+
+``schema`` holds the tables; ``Store`` opens the database and writes idempotently; the run lock
+and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in one package.
+"""
+
+from pipelines.storage import schema
+from pipelines.storage._locks import (
+    DEFAULT_LEASE,
+    DEFAULT_WAIT,
+    PIPELINE_LOCK,
+    LockHolder,
+    RunLock,
+    pipeline_lock,
+)
+from pipelines.storage._runs import finish_run, recent_runs, start_run
+from pipelines.storage._store import DEFAULT_DB_PATH, Store, resolve_db_url
+
+__all__ = [
+    "DEFAULT_DB_PATH",
+    "DEFAULT_LEASE",
+    "DEFAULT_WAIT",
+    "PIPELINE_LOCK",
+    "LockHolder",
+    "RunLock",
+    "Store",
+    "finish_run",
+    "pipeline_lock",
+    "recent_runs",
+    "resolve_db_url",
+    "schema",
+    "start_run",
+]

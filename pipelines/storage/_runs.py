@@ -1,0 +1,71 @@
+"""Run bookkeeping: one row per flow run in ``runs``, read back by ``feedback status``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select, update
+
+from pipelines.storage import schema
+from pipelines.storage._store import Store
+
+__all__ = ["finish_run", "recent_runs", "start_run"]
+
+
+def start_run(store: Store, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
+    """Record that a run started (idempotent for the same run id)."""
+    store.upsert(
+        schema.runs,
+        [
+            {
+                "run_id": run_id,
+                "flow": flow,
+                "started_at": datetime.now(UTC),
+                "status": "running",
+                "parameters": parameters,
+            }
+        ],
+    )
+
+
+def finish_run(
+    store: Store,
+    run_id: str,
+    status: str,
+    counts: dict[str, Any],
+    model_versions: dict[str, str] | None = None,
+    message: str | None = None,
+) -> None:
+    """Record a run's outcome.
+
+    Args:
+        store: Database.
+        run_id: The run.
+        status: ``completed`` or ``failed``.
+        counts: Per-source and per-stage counts.
+        model_versions: Stage name -> version used.
+        message: Error message of a failed run.
+    """
+    table = schema.runs
+    with store.begin() as connection:
+        connection.execute(
+            update(table)
+            .where(table.c.run_id == run_id)
+            .values(
+                finished_at=datetime.now(UTC),
+                status=status,
+                counts=counts,
+                model_versions=model_versions or {},
+                message=message,
+            )
+        )
+
+
+def recent_runs(store: Store, limit: int = 10) -> pd.DataFrame:
+    """The latest runs, newest first."""
+    table = schema.runs
+    query = select(table).order_by(table.c.started_at.desc()).limit(limit)
+    with store.engine.connect() as connection:
+        return pd.DataFrame(connection.execute(query).mappings().all())
