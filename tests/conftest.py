@@ -1,18 +1,25 @@
-"""Shared fixtures: paths to ../shared, a fresh DuckDB store, Prefect's test harness."""
+"""Shared fixtures: paths to ../shared, fresh databases (DuckDB and PostgreSQL), Prefect's harness.
+
+PostgreSQL tests need ``FEEDBACK_TEST_PG_URL`` (a server URL whose user may create databases;
+``.ci/run`` starts a throwaway cluster and sets it). Without it they skip with a message.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pipelines.store import Store
+from pipelines.storage import Store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("FEEDBACK_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -35,10 +42,43 @@ def seed_texts(shared_dir: Path) -> dict[str, str]:
     }
 
 
+PG_URL_ENV = "FEEDBACK_TEST_PG_URL"
+BACKENDS = ("duckdb", "postgresql")
+
+
+def _fresh_pg_database(server_url: str) -> Iterator[str]:
+    """Create an empty database on the test server, yield its URL, drop it afterwards."""
+    name = f"feedback_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once per backend: a DuckDB file, then a fresh PostgreSQL database.
+
+    The PostgreSQL case skips with a message when ``FEEDBACK_TEST_PG_URL`` is not set.
+    """
+    if request.param == "duckdb":
+        yield str(tmp_path / "feedback.duckdb")
+        return
+    server_url = os.environ.get(PG_URL_ENV)
+    if not server_url:
+        pytest.skip(f"PostgreSQL tests need {PG_URL_ENV} (bash .ci/run starts a server)")
+    yield from _fresh_pg_database(server_url)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A fresh DuckDB file store."""
-    with Store(tmp_path / "feedback.duckdb") as fresh:
+def store(db_url: str) -> Iterator[Store]:
+    """A fresh store on each backend (see ``db_url``)."""
+    with Store(db_url) as fresh:
         yield fresh
 
 
