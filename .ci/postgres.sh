@@ -13,11 +13,11 @@ _pg_bindir() {
 
 _pg_start() {
   local bindir data as_user=()
-  bindir=$(_pg_bindir)
+  bindir=$(_pg_bindir) || true
   if [ -z "$bindir" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
       >/dev/null 2>&1 || true
-    bindir=$(_pg_bindir)
+    bindir=$(_pg_bindir) || true
   fi
   if [ -z "$bindir" ]; then
     echo "PostgreSQL not found and not installable; PostgreSQL tests will skip" >&2
@@ -42,7 +42,7 @@ _pg_start() {
 _pg_stop() {
   [ -n "${FEEDBACK_PG_DATA:-}" ] || return 0
   local as_user=()
-  [ "$(id -u)" -eq 0 ] && as_user=(runuser -u postgres --)
+  if [ "$(id -u)" -eq 0 ]; then as_user=(runuser -u postgres --); fi
   "${as_user[@]}" "$FEEDBACK_PG_BINDIR/pg_ctl" -D "$FEEDBACK_PG_DATA/db" -m immediate stop >/dev/null 2>&1
   rm -rf "$FEEDBACK_PG_DATA"
 }
