@@ -86,7 +86,7 @@ def test_unlock_refuses_a_live_holder_and_frees_a_dead_one(
     lock_holder.wait()
     freed = CliRunner().invoke(app, ["unlock", "--db", db_url])
     assert freed.exit_code == 0, freed.output
-    assert "nightly run dead-run" in freed.output and "Marked crashed: dead-run" in freed.output
+    assert "run dead-run (nightly" in freed.output and "Marked crashed: dead-run" in freed.output
     assert RunLock(store, "next-run", "nightly").holder() is None
     assert _status(store, "dead-run") == "crashed"
 

@@ -3,10 +3,11 @@
 DuckDB lets one process at a time open a database file (several may open it read-only when no
 process writes). A long-lived connection pool would keep the file for the whole run and make
 every other command (``feedback status`` during ``feedback run``) fail. So DuckDB engines use no
-pool: each ``connect()``/``begin()`` opens the file and closing it lets another process in. An
-open that meets another process's lock is retried with backoff for ``wait_seconds``, then fails
-with one line (code E060). Costs about 10-40 ms per transaction (opening DuckDB); PostgreSQL
-engines keep their pool.
+pool: each ``connect()``/``begin()`` opens the file and closing it lets another process in; a
+read-only engine (short commands) keeps its connection until disposed. An open that meets
+another process's lock is retried with backoff for ``$FEEDBACK_DB_BUSY_WAIT`` seconds (default
+120), then fails with one line (code E060). Opening costs 30-60 ms per transaction on a busy
+2-core machine (5 ms pooled); PostgreSQL engines keep their pool.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DEFAULT_BUSY_WAIT = 120.0
 """Seconds an open waits for another process to release a DuckDB file."""
 
 _FIRST_DELAY = 0.02
-_MAX_DELAY = 0.25
+_MAX_DELAY = 0.1
 _HOLDER = re.compile(r"held in (?P<program>\S+) \(PID (?P<pid>\d+)\)")
 
 
@@ -62,7 +63,9 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
     """
     if not url.startswith("duckdb"):
         return create_engine(url, future=True)
-    engine = create_engine(url, future=True, poolclass=NullPool)
+    # A reader keeps its connection until ``Store.close``: once in, a short command needs no
+    # second gap between another process's writes.
+    engine = create_engine(url, future=True, **({} if read_only else {"poolclass": NullPool}))
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:

@@ -127,10 +127,10 @@ class LockHolder:
         return running if running is not None else self.expires_at > _now()
 
     def describe(self) -> str:
-        """E.g. ``nightly run 0f3c... (process 123 on host-a)``."""
+        """E.g. ``run 0f3c... (nightly, process 123 on host-a)``."""
         host, _, rest = (self.process or "").partition(":")
-        where = f" (process {rest.partition(':')[0]} on {host})" if host else ""
-        return f"{self.flow} run {self.owner}{where}"
+        where = f", process {rest.partition(':')[0]} on {host}" if host else ""
+        return f"run {self.owner} ({self.flow}{where})"
 
 
 _UPGRADED: set[str] = set()
@@ -264,7 +264,8 @@ class RunLock:
                 told = True
             if time.monotonic() >= deadline:
                 who = (
-                    f"{holder.describe()}, lease until {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+                    f"run {holder.owner} ({holder.flow}), lease until "
+                    f"{holder.expires_at:%Y-%m-%d %H:%M:%S} UTC"
                     if holder is not None
                     else "another run"
                 )
