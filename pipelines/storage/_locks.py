@@ -143,7 +143,7 @@ def _add_holder_column(store: Store) -> None:
         if store.url in _UPGRADED or store.read_only:
             return
         with store.begin() as connection:
-            columns = connection.execute(select(schema.run_locks).limit(0)).keys()
+            columns = connection.execute(text("SELECT * FROM run_locks LIMIT 0")).keys()
             if "holder" not in columns:
                 connection.execute(
                     text("ALTER TABLE run_locks ADD COLUMN IF NOT EXISTS holder TEXT")
