@@ -3,6 +3,7 @@ one line with their code (the traceback only with ``--debug``); all through real
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -56,21 +57,38 @@ def writer(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     process.wait()
 
 
+READ_COMMANDS = """
+import json, sys
+from typer.main import get_command
+from flows.cli import app
+for args in json.loads(sys.argv[1]):
+    if get_command(app).main(args, prog_name="feedback", standalone_mode=False):
+        sys.exit(1)  # an error, printed in one line
+    print("=== done", args[0], flush=True)
+"""
+
+
 def test_read_only_commands_work_while_another_process_writes(
     writer: tuple[str, subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     database, process = writer
-    outputs = []
-    for command in (
-        ["status"],
-        ["alerts", "list"],
-        ["topics"],
-        ["report", "--date", "2026-11-01", "--out", str(tmp_path / "reports")],
-    ):
-        result = feedback(*command, "--db", database)
-        assert result.returncode == 0, (command, result.stderr[-2000:])
-        outputs.append(result.stdout)
-    assert "writer" in outputs[0]  # status shows the rows quarantined by the writer
+    commands = [
+        ["status", "--db", database],
+        ["alerts", "list", "--db", database],
+        ["topics", "--db", database],
+        ["report", "--date", "2026-11-01", "--out", str(tmp_path / "out"), "--db", database],
+    ]
+    # One process (importing the CLI once) runs the four commands in turn while the writer writes.
+    result = subprocess.run(
+        [sys.executable, "-c", READ_COMMANDS, json.dumps(commands)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("=== done") == 4
+    assert "writer" in result.stdout  # status shows the rows quarantined by the writer
     assert process.poll() is None  # the writer never failed meanwhile
 
 
