@@ -22,8 +22,9 @@ console = Console()
 alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to support leads.")
 
 
-def _open_store(db: str | None, config: Path | None) -> Store:
-    return Store(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+def _open_store(db: str | None, config: Path | None, read_only: bool = False) -> Store:
+    url = db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database
+    return Store(url, read_only=read_only)
 
 
 def _when(value: object) -> str:
@@ -47,7 +48,7 @@ def list_command(
         raise typer.BadParameter(f"use one of {', '.join(ALERT_STATUSES)}", param_hint="--status")
     if priority is not None and priority.upper() not in PRIORITIES:
         raise typer.BadParameter(f"use one of {', '.join(PRIORITIES)}", param_hint="--priority")
-    with _open_store(db, config) as store:
+    with _open_store(db, config, read_only=True) as store:
         frame = list_alerts(store, status, priority.upper() if priority else None, limit)
     table = Table(title=f"Alerts ({len(frame)})")
     table.add_column("id", no_wrap=True)

@@ -56,8 +56,10 @@ def rerun(
     db: DbOption = None,
 ) -> None:
     """Backfill or recompute the records created in [--since, --until)."""
+    from flows._children import start_temporary_prefect_server
     from flows.rerun import rerun as rerun_flow
 
+    start_temporary_prefect_server()
     with console.status("Running the rerun flow..."):
         summary = rerun_flow(
             since=since,
@@ -139,7 +141,7 @@ def report(
 
     settings = load_settings(config)
     url = resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)
-    with Store(url) as store:
+    with Store(url, read_only=True) as store:
         generated = generate_report(
             store, settings, date.date() if date else None, reports_dir=out, config_dir=config
         )

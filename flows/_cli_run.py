@@ -42,8 +42,10 @@ def _run_flow(
     stages: list[str] | None,
     resend_alerts: bool = False,
 ) -> None:
+    from flows._children import start_temporary_prefect_server
     from flows.nightly import nightly
 
+    start_temporary_prefect_server()
     with console.status("Running the nightly flow..."):
         summary = nightly(
             config_dir=str(config) if config else None,
@@ -109,7 +111,7 @@ def ingest(
 
 def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) -> None:
     """Show recent runs with their counts, and what sits in quarantine."""
-    with Store(_db_url(config, db)) as store:
+    with Store(_db_url(config, db), read_only=True) as store:
         runs = recent_runs(store, limit)
         table = Table(title="Recent runs")
         for column in ("started", "flow", "status", "read", "stored", "dup", "quar", "models"):

@@ -25,8 +25,9 @@ topics_app = typer.Typer(
 )
 
 
-def _open_store(db: str | None, config: Path | None) -> Store:
-    return Store(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+def _open_store(db: str | None, config: Path | None, read_only: bool = False) -> Store:
+    url = db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database
+    return Store(url, read_only=read_only)
 
 
 @topics_app.callback()
@@ -39,7 +40,7 @@ def topics_command(
     """List topics: id, label, size, net sentiment (-100..100), languages, example texts."""
     if context.invoked_subcommand is not None:
         return
-    with _open_store(db, config) as store:
+    with _open_store(db, config, read_only=True) as store:
         frame = list_topics(store, examples=examples)
     if frame.empty:
         console.print("No topic model yet: run the nightly pipeline first (`feedback run`).")

@@ -31,13 +31,22 @@ from pipelines._errors import FeedbackError
 from pipelines.ingest import SourceCounts, ingest_batch
 from pipelines.ingest.sources import Source, SourceBatch
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import RunLock, Store, finish_run, schema, start_run
+from pipelines.storage import (
+    LockHolder,
+    RunLock,
+    Store,
+    finish_run,
+    pipeline_lock,
+    schema,
+    start_run,
+)
 
 __all__ = [
     "STAGE_CACHE_EXPIRATION",
     "RunSummary",
     "analyse",
     "load_run_records",
+    "log_lock_wait",
     "open_store",
     "read_source",
     "recorded_run",
@@ -112,11 +121,25 @@ _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
+def log_lock_wait(holder: LockHolder) -> None:
+    """Log that this run waits for the run holding the pipeline lock."""
+    get_run_logger().warning(
+        "waiting for run %s (%s) to release the pipeline lock (lease until %s UTC)",
+        holder.owner,
+        holder.flow,
+        f"{holder.expires_at:%Y-%m-%d %H:%M:%S}",
+    )
+
+
 @contextmanager
 def recorded_run(
     store: Store, run_id: str, flow: str, parameters: dict[str, Any]
 ) -> Iterator[RunSummary]:
-    """Record a flow run in ``runs``: started on entry, completed or failed (with why) on exit.
+    """Hold the pipeline lock for the whole run and record the run in ``runs``: started on
+    entry, completed or failed (with why) on exit.
+
+    A run is ``running`` only while it holds the lock, so the next run that takes the lock can
+    mark a ``running`` run whose process died as ``crashed``.
 
     Args:
         store: The database.
@@ -126,15 +149,19 @@ def recorded_run(
 
     Yields:
         The run's summary, which the flow fills in; its counts are stored on exit.
+
+    Raises:
+        StoreError: Another run kept the lock for too long (code E022).
     """
-    start_run(store, run_id, flow, parameters)
-    summary = RunSummary(run_id=run_id)
-    try:
-        yield summary
-    except Exception as exc:
-        finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
-        raise
-    finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
+    with pipeline_lock(store, run_id, flow, on_wait=log_lock_wait):
+        start_run(store, run_id, flow, parameters)
+        summary = RunSummary(run_id=run_id)
+        try:
+            yield summary
+        except Exception as exc:
+            finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
+            raise
+        finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
 
 
 def open_store(db_url: str) -> Store:

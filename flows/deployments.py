@@ -29,6 +29,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows._children import die_with_parent
 from flows.nightly import nightly
 from flows.rerun import rerun
 from flows.watch import watch
@@ -131,7 +132,10 @@ def local_prefect_server(port: int = 4200) -> Iterator[str]:
     # Own session: Ctrl-C reaches only the runner, which pauses its deployments through the
     # still running server before the server is stopped below.
     server = subprocess.Popen(
-        command, env={**os.environ, "PREFECT_UI_API_URL": api_url}, start_new_session=True
+        command,
+        env={**os.environ, "PREFECT_UI_API_URL": api_url},
+        start_new_session=True,
+        preexec_fn=die_with_parent(),  # no orphan server when `feedback serve` is killed
     )
     try:
         deadline = time.monotonic() + _SERVER_START_TIMEOUT_S

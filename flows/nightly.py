@@ -1,7 +1,7 @@
 """The nightly flow: read every source concurrently, store what is new, run the analysis stages,
 write the day's report.
 
-Storing and analysing happen under the pipeline's run lock (``pipelines.storage``), so a nightly
+The run holds the pipeline's run lock (``pipelines.storage``) from start to end, so a nightly
 run and a rerun started at the same time never write at once; the second waits for the first.
 """
 
@@ -20,6 +20,7 @@ from flows._tasks import (
     RunSummary,
     analyse,
     load_run_records,
+    log_lock_wait,
     open_store,
     read_source,
     recorded_run,
@@ -39,7 +40,7 @@ from pipelines.ingest.sources import SourceBatch, load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import PipelineSettings, load_settings
 from pipelines.stages import StageContext
-from pipelines.storage import LockHolder, Store, pipeline_lock, resolve_db_url
+from pipelines.storage import Store, pipeline_lock, resolve_db_url
 
 __all__ = [
     "RunSummary",
@@ -53,16 +54,6 @@ __all__ = [
 ]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def log_lock_wait(holder: LockHolder) -> None:
-    """Log that this run waits for the run holding the pipeline lock."""
-    get_run_logger().warning(
-        "waiting for run %s (%s) to release the pipeline lock (lease until %s UTC)",
-        holder.owner,
-        holder.flow,
-        f"{holder.expires_at:%Y-%m-%d %H:%M:%S}",
-    )
 
 
 @task(name="write-report", cache_policy=NO_CACHE)

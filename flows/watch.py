@@ -14,7 +14,6 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import cache
 
 from prefect import flow
@@ -45,8 +44,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Alert kinds the watch delivers; digests (P2/P3) are left pending for the nightly run.
 WATCH_ALERT_KINDS: tuple[str, ...] = ("p1",)
-# Lease of the pipeline lock a poll holds: a poll takes seconds; a dead one blocks this long.
-_POLL_LEASE = timedelta(minutes=10)
 
 
 @dataclass
@@ -163,7 +160,7 @@ class Watcher:
         """
         summary = WatchSummary(run_id=run_id or str(uuid.uuid4()))
         try:
-            lock = RunLock(self.store, summary.run_id, "watch", lease=_POLL_LEASE)
+            lock = RunLock(self.store, summary.run_id, "watch")
             if not lock.try_acquire():
                 summary.busy_with = lock.holder()
                 return summary
@@ -258,7 +255,7 @@ def watch(
     """
     watcher = Watcher.from_config(config_dir, db, sources)
     summary = WatchSummary(run_id=str(flow_run.get_id() or uuid.uuid4()))
-    lock = RunLock(watcher.store, summary.run_id, "watch", lease=_POLL_LEASE)
+    lock = RunLock(watcher.store, summary.run_id, "watch")
     if not lock.try_acquire():
         summary.busy_with = lock.holder()
         print(f"Skipped: {describe_holder(summary.busy_with)} holds the pipeline lock")

@@ -201,7 +201,10 @@ def test_watch_mails_p1_at_once_then_only_new_posts(
     assert flows == ["watch", "watch"]  # the idle poll leaves no run row
 
 
-def test_watch_releases_the_duckdb_file_between_polls(inbox: Inbox, social_config: Path) -> None:
+def test_watch_releases_the_duckdb_file_between_polls(
+    inbox: Inbox, social_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEEDBACK_DB_BUSY_WAIT", "1")  # a poll waits this long for the file
     watcher = Watcher.from_config(social_config)
     assert watcher.poll().stored == 3
     holder = subprocess.Popen(
@@ -219,7 +222,7 @@ def test_watch_releases_the_duckdb_file_between_polls(inbox: Inbox, social_confi
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "3"
-        with pytest.raises(StoreError, match="holds the DuckDB file"):
+        with pytest.raises(StoreError, match=r"\[E060\] database .* is busy"):
             watcher.poll()
     finally:
         holder.communicate("", timeout=30)

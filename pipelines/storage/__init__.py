@@ -11,9 +11,10 @@ from pipelines.storage._locks import (
     PIPELINE_LOCK,
     LockHolder,
     RunLock,
+    force_release,
     pipeline_lock,
 )
-from pipelines.storage._runs import finish_run, recent_runs, start_run
+from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
 from pipelines.storage._store import DEFAULT_DB_PATH, Store, resolve_db_url
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "RunLock",
     "Store",
     "finish_run",
+    "force_release",
+    "mark_crashed",
     "pipeline_lock",
     "recent_runs",
     "resolve_db_url",

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from pipelines.storage import schema
 from pipelines.storage._store import Store
 
-__all__ = ["finish_run", "recent_runs", "start_run"]
+__all__ = ["finish_run", "mark_crashed", "recent_runs", "start_run"]
 
 
 def start_run(store: Store, run_id: str, flow: str, parameters: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ def finish_run(
     Args:
         store: Database.
         run_id: The run.
-        status: ``completed`` or ``failed``.
+        status: ``completed`` or ``failed`` (``crashed`` is set by ``mark_crashed``).
         counts: Per-source and per-stage counts.
         model_versions: Stage name -> version used.
         message: Error message of a failed run.
@@ -61,6 +61,35 @@ def finish_run(
                 message=message,
             )
         )
+
+
+def mark_crashed(store: Store, message: str, keep: str | None = None) -> list[str]:
+    """Mark every run still ``running`` (but ``keep``) as ``crashed``.
+
+    Called by the holder of the pipeline lock: a run is ``running`` only while it holds that lock,
+    so any other ``running`` run ended without finishing (killed, machine lost).
+
+    Args:
+        store: Database.
+        message: Why, stored in ``runs.message``.
+        keep: The run taking the lock, left alone.
+
+    Returns:
+        Ids of the runs marked crashed.
+    """
+    table = schema.runs
+    running = table.c.status == "running"
+    if keep is not None:
+        running = running & (table.c.run_id != keep)
+    with store.begin() as connection:
+        crashed = list(connection.execute(select(table.c.run_id).where(running)).scalars())
+        if crashed:
+            connection.execute(
+                update(table)
+                .where(running, table.c.run_id.in_(crashed))
+                .values(finished_at=datetime.now(UTC), status="crashed", message=message)
+            )
+    return crashed
 
 
 def recent_runs(store: Store, limit: int = 10) -> pd.DataFrame:

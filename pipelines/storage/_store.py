@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, create_engine, func, select
+from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines._errors import StoreError
 from pipelines.storage import schema
+from pipelines.storage._connect import create_store_engine
 
 __all__ = ["DEFAULT_DB_PATH", "Store", "resolve_db_url"]
 
@@ -49,20 +50,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _duckdb_file(url: str) -> Path:
+    return Path(url.removeprefix("duckdb:///"))
+
+
 class Store:
     """Thin facade over the database: schema creation, idempotent upserts and the few queries
     every stage needs.
 
+    A DuckDB file is opened per transaction, never held in between (see ``_connect``), so
+    other processes can use it while this one works.
+
     Args:
         url: Anything ``resolve_db_url`` accepts.
+        read_only: For commands that only read: open an existing DuckDB file read-only, so
+            that several of them can read at once.
     """
 
-    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, url: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self.url = resolve_db_url(url)
         self.is_duckdb = self.url.startswith("duckdb")
+        self.read_only = read_only and self.is_duckdb and _duckdb_file(self.url).exists()
         try:
-            self.engine: Engine = create_engine(self.url, future=True)
-            schema.metadata.create_all(self.engine)
+            self.engine: Engine = create_store_engine(self.url, self.read_only)
+            if not self.read_only:
+                schema.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open database {self.url!r}: {exc}. Check --db / ${DB_URL_ENV}; for "
@@ -72,7 +84,7 @@ class Store:
         self._write_lock = threading.RLock()
 
     def close(self) -> None:
-        """Release the connection pool (and the DuckDB file lock)."""
+        """Release the connection pool (a DuckDB file is already closed between transactions)."""
         self.engine.dispose()
 
     def __enter__(self) -> Store:

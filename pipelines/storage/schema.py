@@ -270,4 +270,5 @@ run_locks = Table(
     Column("flow", String(50), nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, comment="lease end; renewed"),
+    Column("holder", Text, nullable=True, comment="host:pid:start of the process holding it"),
 )
