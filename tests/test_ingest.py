@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from pipelines._errors import SourceError
+from pipelines.ingest import _batch as ingest_module
 from pipelines.ingest import ingest_batch, ingest_source
 from pipelines.ingest.sources import Rejected, Source, SourceBatch, load_sources
 from pipelines.records import Channel, FeedbackRecord, record_id
@@ -197,3 +198,22 @@ def test_a_source_failing_midway_keeps_its_watermark(store: Store, tmp_path: Pat
     (folder / "c.csv").write_text("id,at,text\nr7,2026-11-07,seven\n")
     resumed = ingest_source(source, store, "run-3")
     assert (resumed.stored, resumed.duplicates, resumed.skipped) == (1, 4, 2)
+
+
+def test_a_large_file_source_is_prepared_by_a_second_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "_WORKER_MIN_BYTES", 0)  # every file source is "large"
+    source = _export_source(tmp_path, "csv")
+    folder = tmp_path / "exports"
+    rows = "".join(f"r{n},2026-11-0{n % 9 + 1},row {n}\n" for n in range(40))
+    (folder / "a.csv").write_text("id,at,text\n" + rows + "r1,2026-11-02,row 1\n")
+    (folder / "b.csv").write_text("id,when,text\nr99,2026-11-07,late\n")  # wrong header
+
+    with Store(tmp_path / "feedback.duckdb") as store:
+        with pytest.raises(SourceError, match="not in the header") as caught:
+            ingest_source(source, store, "run-1", chunk_rows=7)
+
+        assert caught.value.code == "E010", "the reader process's error keeps its code"
+        assert store.count(schema.feedback) == 35, "a.csv's 5 full chunks came through the queue"
+        assert store.get_watermark("exports") is None

@@ -10,14 +10,19 @@ what was stored) and never skips.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import queue
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from multiprocessing.queues import Queue
+from typing import Any, NamedTuple
 
 import pandas as pd
 from sqlalchemy import select
 
-from pipelines._errors import CountBalanceError
+from pipelines._errors import CountBalanceError, SourceError
 from pipelines.ingest.dedupe import mark_duplicates, text_hash
 from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
@@ -25,6 +30,7 @@ from pipelines.ingest.redact import redact
 from pipelines.ingest.sources import (
     DEFAULT_CHUNK_ROWS,
     UNCHANGED_FILE,
+    FileSource,
     Rejected,
     Source,
     SourceBatch,
@@ -45,6 +51,8 @@ DUPLICATE_WINDOW = timedelta(days=1)
 EMPTY_AFTER_NORMALIZATION = "empty_after_normalization"
 OUT_OF_RANGE = "out_of_range"
 """Skip reason: a row created outside the date range a run asked for (rerun, --since)."""
+_WORKER_MIN_BYTES = 16 * 2**20
+_QUEUED_CHUNKS = 2
 _RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
@@ -138,15 +146,33 @@ def _to_rows(frame: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _store_chunk(batch: SourceBatch, store: Store, run_id: str) -> tuple[int, int, int]:
+class _Prepared(NamedTuple):
+    """One chunk after ``prepare_records``: what storing it needs, picklable."""
+
+    source: str
+    rows_read: int
+    skipped: dict[str, int]
+    watermark: str | None
+    frame: pd.DataFrame
+    rejected: list[Rejected]
+
+
+def _prepare(batch: SourceBatch, start: datetime | None, end: datetime | None) -> _Prepared:
+    if start is not None:
+        batch = in_range(batch, start, end)
+    frame, empty_rows = prepare_records(batch)
+    rejected = [*batch.rejected, *empty_rows]
+    return _Prepared(batch.source, batch.rows_read, batch.skipped, batch.watermark, frame, rejected)
+
+
+def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int, int]:
     """Quarantine bad rows, drop known ids, mark copy-paste spam, store the rest.
 
     Returns:
         Rows stored, duplicates and quarantined.
     """
-    frame, empty_rows = prepare_records(batch)
-    rejected = [*batch.rejected, *empty_rows]
-    store.quarantine(batch.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
+    frame, rejected = chunk.frame, chunk.rejected
+    store.quarantine(chunk.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
 
     duplicates = 0
     stored = 0
@@ -166,6 +192,81 @@ def _store_chunk(batch: SourceBatch, store: Store, run_id: str) -> tuple[int, in
     return stored, duplicates, len(rejected)
 
 
+def _prepare_in_worker(
+    source: Source,
+    since: str | None,
+    chunk_rows: int,
+    start: datetime | None,
+    end: datetime | None,
+    chunks: Queue[Any],
+) -> None:
+    """Body of the reader process: read and prepare chunks, hand them over through a queue."""
+    try:
+        for batch in source.read_chunks(since, chunk_rows):
+            chunks.put(_prepare(batch, start, end))
+        chunks.put(None)
+    except Exception as exc:  # handed to the parent, which raises it
+        chunks.put(exc)
+
+
+def _prepared_chunks(
+    source: Source,
+    since: str | None,
+    chunk_rows: int,
+    start: datetime | None,
+    end: datetime | None,
+) -> Iterator[_Prepared]:
+    """Chunks read and prepared here, or, for a large file source, by a second process.
+
+    Preparing (normalize, redact, language) costs as much CPU as storing; a reader process
+    overlaps the two on a second core. At most ``_QUEUED_CHUNKS`` chunks wait in between, so
+    memory stays bounded. The process is a daemon and is killed when the read ends or fails.
+    """
+    if not _worth_a_worker(source):
+        for batch in source.read_chunks(since, chunk_rows):
+            yield _prepare(batch, start, end)
+        return
+    context = multiprocessing.get_context("spawn")
+    chunks: Queue[Any] = context.Queue(maxsize=_QUEUED_CHUNKS)
+    worker = context.Process(
+        target=_prepare_in_worker,
+        args=(source, since, chunk_rows, start, end, chunks),
+        name=f"ingest-{source.name}",
+        daemon=True,
+    )
+    worker.start()
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=1.0)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise SourceError(
+                    f"source {source.name!r}: the reader process stopped (exit code "
+                    f"{worker.exitcode}) before the end of the source; nothing after the "
+                    "chunks stored was lost (the watermark did not move). Check memory and "
+                    "rerun.",
+                    code="E015",
+                ) from None
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join()
+
+
+def _worth_a_worker(source: Source) -> bool:
+    """A second process pays off for file sources of many MB on a machine with 2+ cores."""
+    if not isinstance(source, FileSource) or (os.cpu_count() or 1) < 2:
+        return False
+    return sum(path.stat().st_size for path in source.files()) >= _WORKER_MIN_BYTES
+
+
 class _Tally:
     """Counts of one source summed over its chunks."""
 
@@ -174,7 +275,9 @@ class _Tally:
         self.read = self.stored = self.duplicates = self.quarantined = 0
         self.skip_reasons: dict[str, int] = {}
 
-    def add(self, batch: SourceBatch, stored: int, duplicates: int, quarantined: int) -> None:
+    def add(
+        self, batch: SourceBatch | _Prepared, stored: int, duplicates: int, quarantined: int
+    ) -> None:
         self.read += batch.rows_read + sum(batch.skipped.values())
         self.stored += stored
         self.duplicates += duplicates
@@ -222,7 +325,7 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
         CountBalanceError: read != stored + duplicates + quarantined + skipped.
     """
     tally = _Tally(batch.source)
-    tally.add(batch, *_store_chunk(batch, store, run_id))
+    tally.add(batch, *_store_chunk(_prepare(batch, None, None), store, run_id))
     counts = tally.counts()
     store.upsert(schema.run_source_counts, [{"run_id": run_id, **counts.as_dict()}])
     if batch.watermark is not None:
@@ -292,14 +395,10 @@ def ingest_source(
             on the next read) and the watermark is not moved.
         CountBalanceError: read != stored + duplicates + quarantined + skipped.
     """
-    ranged = start is not None
+    since = None if start is not None else store.get_watermark(source.name)
     tally = _Tally(source.name)
     watermark = None
-    for chunk in source.read_chunks(
-        None if ranged else store.get_watermark(source.name), chunk_rows
-    ):
-        if start is not None:
-            chunk = in_range(chunk, start, end)
+    for chunk in _prepared_chunks(source, since, chunk_rows, start, end):
         tally.add(chunk, *_store_chunk(chunk, store, run_id))
         watermark = chunk.watermark
     counts = tally.counts()
