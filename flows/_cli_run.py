@@ -22,7 +22,10 @@ __all__ = ["register"]
 console = Console()
 
 SinceOption = Annotated[
-    datetime | None, typer.Option("--since", help="Read rows created after this instant.")
+    datetime | None,
+    typer.Option(
+        "--since", help="Re-read every source, keeping rows created at or after this instant."
+    ),
 ]
 ResendOption = Annotated[
     bool,
