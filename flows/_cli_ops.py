@@ -73,12 +73,11 @@ def rerun(
             read_sources=not no_read,
         )
     table = Table(title=f"Rerun {summary.run_id}")
-    for column in ("source", "read", "stored", "duplicates", "quarantined"):
+    for column in ("source", "read", "stored", "duplicates", "quarantined", "skipped"):
         table.add_column(column, justify="left" if column == "source" else "right")
-    for counts in summary.sources:
+    for c in summary.sources:
         table.add_row(
-            counts.source,
-            *(str(v) for v in (counts.read, counts.stored, counts.duplicates, counts.quarantined)),
+            c.source, *(str(v) for v in (c.read, c.stored, c.duplicates, c.quarantined, c.skipped))
         )
     console.print(table)
     console.print(f"Records needing analysis: {summary.analysed}")

@@ -22,7 +22,10 @@ __all__ = ["register"]
 console = Console()
 
 SinceOption = Annotated[
-    datetime | None, typer.Option("--since", help="Read rows created after this instant.")
+    datetime | None,
+    typer.Option(
+        "--since", help="Re-read every source, keeping rows created at or after this instant."
+    ),
 ]
 ResendOption = Annotated[
     bool,
@@ -56,12 +59,11 @@ def _run_flow(
             resend_alerts=resend_alerts,
         )
     table = Table(title=f"Run {summary.run_id}")
-    for column in ("source", "read", "stored", "duplicates", "quarantined"):
+    for column in ("source", "read", "stored", "duplicates", "quarantined", "skipped"):
         table.add_column(column, justify="left" if column == "source" else "right")
-    for counts in summary.sources:
+    for c in summary.sources:
         table.add_row(
-            counts.source,
-            *(str(v) for v in (counts.read, counts.stored, counts.duplicates, counts.quarantined)),
+            c.source, *(str(v) for v in (c.read, c.stored, c.duplicates, c.quarantined, c.skipped))
         )
     console.print(table)
     if summary.languages:

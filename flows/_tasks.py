@@ -28,8 +28,8 @@ from prefect.context import TaskRunContext
 from sqlalchemy import exists, select
 
 from pipelines._errors import FeedbackError
-from pipelines.ingest import SourceCounts, ingest_batch
-from pipelines.ingest.sources import Source, SourceBatch
+from pipelines.ingest import SourceCounts, ingest_source
+from pipelines.ingest.sources import Source
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import (
     LockHolder,
@@ -48,12 +48,11 @@ __all__ = [
     "load_run_records",
     "log_lock_wait",
     "open_store",
-    "read_source",
     "recorded_run",
     "records_to_save",
     "run_stage",
     "save_stage",
-    "store_batch",
+    "store_source",
     "summary_markdown",
 ]
 
@@ -176,23 +175,40 @@ def open_store(db_url: str) -> Store:
         return _STORES[db_url]
 
 
-@task(name="read-source", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def read_source(source: Source, since: str | None) -> SourceBatch:
-    """Read one source from its watermark (or from ``since``)."""
-    return source.read(since)
+@task(name="store-source", cache_policy=NO_CACHE)
+def store_source(
+    source: Source,
+    db_url: str,
+    run_id: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    record_idle: bool = True,
+) -> SourceCounts:
+    """Stream one source into the database in chunks (see ``pipelines.ingest.ingest_source``).
 
+    Args:
+        source: The source.
+        db_url: Database URL.
+        run_id: Current run id.
+        start: Only rows created in ``[start, end)``, the watermark untouched; None: read from
+            the watermark.
+        end: End of the range (excluded).
+        record_idle: Write counts to ``run_source_counts`` even when nothing new came.
 
-@task(name="store-batch", cache_policy=NO_CACHE)
-def store_batch(batch: SourceBatch, db_url: str, run_id: str) -> SourceCounts:
-    """Normalize, dedupe, language-tag and store one source's batch."""
-    counts = ingest_batch(batch, open_store(db_url), run_id)
+    Returns:
+        The source's counts.
+    """
+    store = open_store(db_url)
+    counts = ingest_source(source, store, run_id, start=start, end=end, record_idle=record_idle)
     get_run_logger().info(
-        "%s: read %d, stored %d, duplicates %d, quarantined %d",
+        "%s: read %d, stored %d, duplicates %d, quarantined %d, skipped %d %s",
         counts.source,
         counts.read,
         counts.stored,
         counts.duplicates,
         counts.quarantined,
+        counts.skipped,
+        counts.skip_reasons or "",
     )
     return counts
 
@@ -406,15 +422,15 @@ def summary_markdown(title: str, summary: RunSummary) -> str:
     lines = [
         f"# {title}",
         "",
-        "| source | read | stored | duplicates | quarantined |",
-        "|---|---:|---:|---:|---:|",
+        "| source | read | stored | duplicates | quarantined | skipped |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {c.source} | {c.read} | {c.stored} | {c.duplicates} | {c.quarantined} |"
+        f"| {c.source} | {c.read} | {c.stored} | {c.duplicates} | {c.quarantined} | {c.skipped} |"
         for c in summary.sources
     ]
     lines += [
-        f"| {name} | failed: {error} | | | |" for name, error in summary.failed_sources.items()
+        f"| {name} | failed: {error} | | | | |" for name, error in summary.failed_sources.items()
     ]
     for heading, values in (("channel", summary.channels), ("language", summary.languages)):
         lines += ["", f"| {heading} | records |", "|---|---:|"]

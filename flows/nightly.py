@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,9 +22,8 @@ from flows._tasks import (
     load_run_records,
     log_lock_wait,
     open_store,
-    read_source,
     recorded_run,
-    store_batch,
+    store_source,
     summary_markdown,
 )
 from pipelines._errors import FeedbackError
@@ -36,7 +35,7 @@ from pipelines.delivery.report import (
     priority_rows,
     report_markdown,
 )
-from pipelines.ingest.sources import SourceBatch, load_sources
+from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import PipelineSettings, load_settings
 from pipelines.stages import StageContext
@@ -48,8 +47,7 @@ __all__ = [
     "log_lock_wait",
     "nightly",
     "open_store",
-    "read_source",
-    "store_batch",
+    "store_source",
     "write_report",
 ]
 
@@ -100,7 +98,9 @@ def nightly(
         config_dir: Folder with the YAML configuration; the embedded defaults when None.
         db: Database path or SQLAlchemy URL; overrides ``pipeline.yaml`` and ``$FEEDBACK_DB_URL``.
         sources: Only these source names (default: every enabled source).
-        since: Read rows created after this instant instead of each source's watermark.
+        since: Read every source from the start and keep the rows created at or after this
+            instant (naive: UTC), instead of reading from each source's watermark; the others
+            count as skipped and the watermarks stay.
         stages: Analysis stages to run (default: ``stages`` in ``pipeline.yaml``).
         resend_alerts: Mail alerts for this run's records again even if already sent.
 
@@ -123,23 +123,18 @@ def nightly(
             for source in load_sources(config_path("sources.yaml", config_dir))
             if sources is None or source.name in sources
         ]
-        futures = {
-            source.name: read_source.submit(
-                source, since.isoformat() if since else store.get_watermark(source.name)
-            )
-            for source in selected
-        }
-        batches: list[SourceBatch] = []
-        for name, future in futures.items():
-            try:
-                batches.append(future.result())
-            except FeedbackError as exc:
-                summary.failed_sources[name] = str(exc)
+        start = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
         analysis_stages = build_stages(
             stages if stages is not None else settings.stages, config_dir
         )
         with pipeline_lock(store, run_id, "nightly", on_wait=log_lock_wait) as lock:
-            summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
+            # Each source is streamed into the database chunk by chunk, under the lock.
+            for source in selected:
+                try:
+                    summary.sources.append(store_source(source, db_url, run_id, start=start))
+                except FeedbackError as exc:
+                    summary.failed_sources[source.name] = str(exc)
+                lock.renew()
             records = load_run_records(
                 store, run_id, unanalysed_by=[stage.name for stage in analysis_stages]
             )

@@ -7,8 +7,9 @@ Use it when a source delivered late, a run crashed, or a model changed::
 
 What it does, for records created in ``[since, until)``:
 
-1. reads every selected source from the start, ignoring (and not moving) watermarks, and keeps
-   the rows in the range; ids already stored count as duplicates, so nothing is stored twice;
+1. streams every selected source from the start, ignoring (and not moving) watermarks, and
+   keeps the rows in the range (the others count as skipped, ``out_of_range``); ids already
+   stored count as duplicates, so nothing is stored twice;
 2. runs the stages on **all** stored records of the range (not only the ones just stored):
    a stage saves the records it never analysed, or, with ``reanalyze``, every record again with
    its current version, beside earlier versions' results;
@@ -27,9 +28,8 @@ from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from sqlalchemy import select
 
@@ -37,21 +37,20 @@ from flows._tasks import (
     RunSummary,
     analyse,
     open_store,
-    read_source,
     recorded_run,
-    store_batch,
+    store_source,
     summary_markdown,
 )
 from flows.nightly import log_lock_wait
 from pipelines._errors import ConfigError, FeedbackError
 from pipelines.config import config_path
-from pipelines.ingest.sources import SourceBatch, load_sources
+from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
 from pipelines.stages import StageContext
 from pipelines.storage import Store, pipeline_lock, resolve_db_url, schema
 
-__all__ = ["in_range", "load_range_records", "rerun", "to_utc"]
+__all__ = ["load_range_records", "rerun", "to_utc"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -71,40 +70,6 @@ def to_utc(moment: datetime | date, timezone: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(timezone))
     return moment.astimezone(UTC)
-
-
-def in_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
-    """The part of a batch created in ``[start, end)``; the other records count as skipped.
-
-    Rejected rows are kept: they have no trustworthy date and go to quarantine (once).
-
-    Args:
-        batch: What a source read.
-        start: First instant kept (UTC).
-        end: First instant not kept (UTC), or None for no end.
-
-    Returns:
-        A batch without watermark, so a rerun never moves the source's watermark.
-    """
-    kept = [
-        record
-        for record in batch.records
-        if record.created_at >= start and (end is None or record.created_at < end)
-    ]
-    return SourceBatch(
-        source=batch.source,
-        records=kept,
-        rejected=batch.rejected,
-        rows_read=len(kept) + len(batch.rejected),
-        watermark=None,
-        rows_skipped=batch.rows_skipped + len(batch.records) - len(kept),
-    )
-
-
-@task(name="filter-range", cache_policy=NO_CACHE)
-def filter_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
-    """Prefect task around ``in_range``."""
-    return in_range(batch, start, end)
 
 
 def load_range_records(
@@ -200,20 +165,16 @@ def rerun(
                 f"{sorted(source.name for source in configured)}"
             )
         selected = [s for s in configured if sources is None or s.name in sources]
-        futures = {
-            source.name: read_source.submit(source, None) for source in selected if read_sources
-        }
-        batches: list[SourceBatch] = []
-        for name, future in futures.items():
-            try:
-                batches.append(filter_range(future.result(), start, end))
-            except FeedbackError as exc:
-                summary.failed_sources[name] = str(exc)
         analysis_stages = build_stages(
             stages if stages is not None else settings.stages, config_dir
         )
         with pipeline_lock(store, run_id, "rerun", on_wait=log_lock_wait) as lock:
-            summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
+            for source in selected if read_sources else ():
+                try:
+                    summary.sources.append(store_source(source, db_url, run_id, start, end))
+                except FeedbackError as exc:
+                    summary.failed_sources[source.name] = str(exc)
+                lock.renew()
             records = load_range_records(store, start, end, sources)
             if not records.empty:
                 summary.channels = records["channel"].value_counts().to_dict()

@@ -24,15 +24,14 @@ from flows._tasks import (
     RunSummary,
     load_run_records,
     open_store,
-    read_source,
     save_stage,
-    store_batch,
+    store_source,
 )
 from pipelines._errors import ConfigError, FeedbackError, StoreError
 from pipelines.config import config_path
 from pipelines.delivery.alerts import AlertStage
-from pipelines.ingest import ingest_batch
-from pipelines.ingest.sources import Source, SourceBatch, load_sources
+from pipelines.ingest import ingest_source
+from pipelines.ingest.sources import Source, load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
 from pipelines.stages import Stage, StageContext
@@ -167,12 +166,14 @@ class Watcher:
             try:
                 for source in self.sources:
                     try:
-                        batch = source.read(self.store.get_watermark(source.name))
+                        counts = ingest_source(
+                            source, self.store, summary.run_id, record_idle=False
+                        )
                     except FeedbackError as exc:
                         summary.failed_sources[source.name] = str(exc)
                         continue
-                    if batch.rows_read:
-                        summary.sources.append(ingest_batch(batch, self.store, summary.run_id))
+                    if not counts.idle:
+                        summary.sources.append(counts)
                 return self.analyse(summary)
             finally:
                 lock.release()
@@ -261,21 +262,14 @@ def watch(
         print(f"Skipped: {describe_holder(summary.busy_with)} holds the pipeline lock")
         return summary
     try:
-        futures = {
-            source.name: read_source.submit(source, watcher.store.get_watermark(source.name))
-            for source in watcher.sources
-        }
-        batches: list[SourceBatch] = []
-        for name, future in futures.items():
+        for source in watcher.sources:
             try:
-                batches.append(future.result())
+                counts = store_source(source, watcher.store.url, summary.run_id, record_idle=False)
             except FeedbackError as exc:
-                summary.failed_sources[name] = str(exc)
-        summary.sources = [
-            store_batch(batch, watcher.store.url, summary.run_id)
-            for batch in batches
-            if batch.rows_read
-        ]
+                summary.failed_sources[source.name] = str(exc)
+                continue
+            if not counts.idle:
+                summary.sources.append(counts)
         watcher.analyse(summary)
     finally:
         lock.release()

@@ -31,6 +31,17 @@ class FeedbackError(Exception):
             self.code = code
         super().__init__(f"[{self.code}] {message}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle with its code (errors cross process boundaries, e.g. ingest's reader)."""
+        return (_restore, (type(self), str(self), self.code))
+
+
+def _restore(kind: type[FeedbackError], text: str, code: str) -> FeedbackError:
+    error = kind.__new__(kind)
+    Exception.__init__(error, text)
+    error.code = code
+    return error
+
 
 class ConfigError(FeedbackError):
     """A YAML configuration file is missing, malformed or fails validation."""

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from flows._tasks import open_store
 from flows.cli import app
 from flows.nightly import nightly
-from flows.rerun import in_range, rerun, to_utc
+from flows.rerun import rerun, to_utc
 from pipelines import registry
 from pipelines._errors import StoreError
+from pipelines.ingest import in_range
 from pipelines.ingest.sources import Rejected, SourceBatch
 from pipelines.records import Channel, FeedbackRecord
 from pipelines.stages import Stage, StageContext
@@ -233,7 +234,9 @@ def test_backfill_reprocesses_exactly_the_range(prefect_harness: None, workspace
     assert len(in_range_ids) == 3 * 3 + 2  # three days of 2 reviews + 1 post, and 2 late rows
     reviews = next(c for c in summary.sources if c.source == "reviews")
     assert (reviews.stored, reviews.duplicates, reviews.quarantined) == (2, 6, 1)
-    assert reviews.read == reviews.stored + reviews.duplicates + reviews.quarantined
+    assert (
+        reviews.read == reviews.stored + reviews.duplicates + reviews.quarantined + reviews.skipped
+    )
     assert summary.analysed == len(in_range_ids) and ScoreStage.calls == [len(in_range_ids)]
     scored = {row[0] for row in _rows(workspace, select(scores.c.record_id))}
     assert scored == in_range_ids
@@ -419,7 +422,7 @@ def test_range_helpers_read_naive_times_in_the_configured_zone() -> None:
     )
     kept = in_range(batch, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
     assert [r.created_at.day for r in kept.records] == [2]
-    assert (kept.rows_read, kept.rows_skipped, kept.watermark) == (2, 2, None)
+    assert (kept.rows_read, kept.skipped, kept.watermark) == (2, {"out_of_range": 2}, None)
 
 
 def test_cli_rerun_runs_the_flow(prefect_harness: None, workspace: Path) -> None:

@@ -21,6 +21,7 @@ from openpyxl import Workbook
 
 from pipelines._errors import ConfigError, CountBalanceError, SourceError
 from pipelines.config import load_yaml_model
+from pipelines.ingest import ingest_source
 from pipelines.ingest.sources import (
     REJECT_REASONS,
     CsvSource,
@@ -34,6 +35,7 @@ from pipelines.ingest.sources import (
     load_sources,
 )
 from pipelines.records import Channel, content_id, record_id
+from pipelines.storage import Store, schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TURKISH = [
@@ -104,7 +106,8 @@ def test_csv_with_bom_maps_every_column(tmp_path: Path) -> None:
     assert first.raw["review_id"] == "r1"
     assert second.text == "Great kettle,\nboils fast"
     assert (second.title, second.customer_id, second.customer_value) == (None, None, None)
-    assert batch.watermark == "2026-11-21T09:30:00+00:00"
+    manifest = json.loads(batch.watermark or "")["files"]
+    assert list(manifest) == ["reviews_store.csv"] and manifest["reviews_store.csv"]["rows"] == 2
 
 
 def test_csv_quarantines_each_bad_row_and_keeps_reading(tmp_path: Path) -> None:
@@ -145,7 +148,7 @@ def test_csv_quarantines_each_bad_row_and_keeps_reading(tmp_path: Path) -> None:
     assert set(reasons(batch)) <= set(REJECT_REASONS)
 
 
-def test_undecodable_lines_are_quarantined_not_fatal(tmp_path: Path) -> None:
+def test_bad_encoding_lines_are_quarantined_not_fatal(tmp_path: Path) -> None:
     good = (STORE_HEADER + "r1,2026-11-01T10:00:00Z,S,P,4,,Çok iyi ürün,,\n").encode("utf-8")
     broken = b"r2,2026-11-01T10:00:00Z,S,P,4,,bad \xff\xfe bytes \xc3,,\n"
     tail = "r3,2026-11-02T10:00:00Z,S,P,4,,Foarte bună,,\n".encode()
@@ -154,7 +157,7 @@ def test_undecodable_lines_are_quarantined_not_fatal(tmp_path: Path) -> None:
     batch = one_source(tmp_path, STORE_ENTRY).read()
 
     assert [record.text for record in batch.records] == ["Çok iyi ürün", "Foarte bună"]
-    assert reasons(batch) == ["undecodable"]
+    assert reasons(batch) == ["bad_encoding"]
     assert batch.rejected[0].raw.startswith("r2,")
     assert "line 3" in (batch.rejected[0].detail or "")
 
@@ -360,28 +363,80 @@ def test_survey_xlsx_written_with_openpyxl(tmp_path: Path) -> None:
     assert batch.records[0].created_at == datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
-def test_since_returns_only_newer_rows(tmp_path: Path) -> None:
-    file = tmp_path / "reviews_store.csv"
-    rows = [f"r{day},2026-11-{day:02d}T12:00:00+02:00,S,P,4,,text {day},," for day in (1, 2, 3)]
-    file.write_text(STORE_HEADER + "\n".join(rows) + "\n")
-    source = one_source(tmp_path, STORE_ENTRY)
+def test_late_rows_in_a_new_or_changed_file_are_read_not_skipped(tmp_path: Path) -> None:
+    """Defect 2: a second file with older dates, or rows appended with older dates, were lost."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    header = "review_id,created_at,store,product,stars,title,body,customer_id,customer_value\n"
+    entry = STORE_ENTRY.replace("path: reviews_store.csv", 'path: "exports/*.csv"')
 
-    full = source.read()
-    assert full.watermark == "2026-11-03T10:00:00+00:00"
-    again = source.read(since=full.watermark)
-    assert (again.records, again.rows_read, again.rows_skipped) == ([], 0, 3)
-    assert again.watermark == full.watermark
-    partial = source.read(since="2026-11-01T10:00:00Z")
-    assert [record.external_id for record in partial.records] == ["r2", "r3"]
+    def rows(*days: int) -> str:
+        return "".join(f"r{day},2026-11-{day:02d}T12:00:00Z,S,P,4,,text {day},,\n" for day in days)
 
-    with file.open("a") as handle:
-        handle.write("r4,2026-11-04T08:00:00Z,S,P,4,,newer,,\n")
-    newer = source.read(since=full.watermark)
-    assert [record.external_id for record in newer.records] == ["r4"]
-    assert newer.watermark == "2026-11-04T08:00:00+00:00"
+    (folder / "a.csv").write_text(header + rows(10, 11, 12))
+    source = one_source(tmp_path, entry)
+    first = source.read()
+    assert [record.external_id for record in first.records] == ["r10", "r11", "r12"]
 
-    with pytest.raises(SourceError, match="not an ISO timestamp"):
-        source.read(since="page-7")
+    again = source.read(since=first.watermark)
+    assert (again.records, again.rows_read, again.skipped) == ([], 0, {"unchanged_file": 3})
+
+    (folder / "b.csv").write_text(header + rows(1, 2))  # a late export: older than any row seen
+    late = source.read(since=again.watermark)
+    assert [record.external_id for record in late.records] == ["r1", "r2"]
+    assert late.skipped == {"unchanged_file": 3}
+
+    with (folder / "a.csv").open("a") as handle:  # a re-sent backlog appended to a read file
+        handle.write(rows(3))
+    changed = source.read(since=late.watermark)
+    assert [record.external_id for record in changed.records] == ["r10", "r11", "r12", "r3"]
+    assert changed.skipped == {"unchanged_file": 2}
+
+    legacy = source.read(since="2026-11-12T12:00:00+00:00")  # a watermark from before manifests
+    assert len(legacy.records) == 6 and legacy.skipped == {}
+
+
+def test_read_chunks_bounds_each_chunk(tmp_path: Path) -> None:
+    lines = [json.dumps({"id": n, "d": "2026-11-01T00:00:00Z", "t": f"row {n}"}) for n in range(25)]
+    (tmp_path / "a.jsonl").write_text("\n".join([*lines[:10], "{broken", *lines[10:]]) + "\n")
+    entry = """\
+  - name: chunky
+    kind: jsonl
+    channel: review
+    path: a.jsonl
+    columns: {external_id: id, created_at: d, text: t}
+"""
+    chunks = list(one_source(tmp_path, entry).read_chunks(None, chunk_rows=4))
+
+    assert [chunk.rows_read for chunk in chunks] == [4, 4, 4, 4, 4, 4, 2]
+    assert sum(len(chunk.rejected) for chunk in chunks) == 1
+    assert [chunk.watermark is not None for chunk in chunks] == [False] * 6 + [True]
+
+
+def test_auto_encoding_quarantines_only_the_broken_utf8_lines(tmp_path: Path) -> None:
+    """Defect 7: an invalid byte in UTF-8 lines turned the whole file into cp1256 mojibake."""
+    texts = ["Good product", "Çok iyi ürün", "Foarte bună", "کیفیت عالی بود", "Fast delivery"]
+    lines = [
+        json.dumps({"id": n, "d": "2026-11-01", "t": t}, ensure_ascii=False).encode()
+        for n, t in enumerate(texts)
+    ]
+    lines[1] = lines[1].replace(b"iyi", b"i\xffi")  # one invalid byte each
+    lines[3] = lines[3].replace("عالی".encode(), b"\xfe" + "عالی".encode())
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    entry = """\
+  - name: mixed
+    kind: jsonl
+    channel: review
+    path: a.jsonl
+    encoding: auto
+    columns: {external_id: id, created_at: d, text: t}
+"""
+    batch = one_source(tmp_path, entry).read()
+
+    assert [record.text for record in batch.records] == [texts[0], texts[2], texts[4]]
+    assert reasons(batch) == ["bad_encoding", "bad_encoding"]
+    assert ["line 2" in (r.detail or "") for r in batch.rejected] == [True, False]
+    assert "bad_encoding" in REJECT_REASONS and "undecodable" not in REJECT_REASONS
 
 
 def test_batch_count_invariant_is_enforced() -> None:
@@ -407,6 +462,8 @@ class ApiState:
     tokens: list[str | None] = field(default_factory=list)
     fail_once: set[str] = field(default_factory=set)
     slow_once: set[str] = field(default_factory=set)
+    down: set[str] = field(default_factory=set)
+    newest_first: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -438,6 +495,9 @@ class _Handler(BaseHTTPRequestHandler):
             state.fail_once.discard(self.path)
             self._send(500, {"error": "transient"})
             return
+        if self.path in state.down:
+            self._send(503, {"error": "down"})
+            return
         url = urlparse(self.path)
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
         if url.path == "/pages":
@@ -448,8 +508,28 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = ITEMS[start : start + 2]
             following = str(start + 2) if start + 2 < len(ITEMS) else None
             self._send(200, {"result": {"items": chunk}, "meta": {"next": following}})
+        elif url.path == "/cycle":  # cursors "" -> x -> y -> x: a cycle
+            start = {"": 0, "x": 2, "y": 4}[query.get("after", "")]
+            following = {0: "x", 2: "y", 4: "x"}[start]
+            chunk = ITEMS[start : start + 2]
+            self._send(200, {"result": {"items": chunk}, "meta": {"next": following}})
+        elif url.path == "/newest":
+            page, size = int(query["page"]), int(query["per_page"])
+            data = state.newest_first[(page - 1) * size : page * size]
+            self._send(200, {"data": data, "page": page})
+        elif url.path == "/drip":
+            self._drip(json.dumps({"data": ITEMS[:1]}).encode())
         else:
             self._send(503, {"error": "down"})
+
+    def _drip(self, body: bytes) -> None:
+        """The whole answer, status line and headers included, one byte every 0.1 s."""
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in head + body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
 
 
 @pytest.fixture
@@ -568,6 +648,86 @@ def test_http_gives_up_after_retries_naming_the_url(
     assert f"{base}/down" in str(caught.value)
     assert "after 3 attempt(s): HTTP 503" in str(caught.value)
     assert len(state.requests) == 3
+
+
+def test_http_total_deadline_stops_a_dripping_server(
+    tmp_path: Path, api: tuple[str, ApiState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 7: a server dripping a byte at a time held a 3 s request for a minute."""
+    base, state = api
+    monkeypatch.setenv("TEST_REVIEWS_TOKEN", TOKEN)
+    source = api_source(tmp_path, f"{base}/drip", "{type: page}", "data")
+    source.config.timeout_seconds = 0.5
+    source.config.max_retries = 1
+
+    began = time.monotonic()
+    with pytest.raises(SourceError) as caught:
+        source.read()
+    elapsed = time.monotonic() - began
+
+    assert caught.value.code == "E013"
+    assert "within timeout_seconds (0.5 s) in 2 attempt(s)" in str(caught.value)
+    assert elapsed < 2.5, f"two 0.5 s attempts took {elapsed:.1f} s"
+    assert len(state.requests) == 2
+
+
+def test_http_cursor_cycle_fails_at_once_and_is_not_saved(
+    tmp_path: Path, api: tuple[str, ApiState], monkeypatch: pytest.MonkeyPatch, store: Store
+) -> None:
+    """Defect 7: a cycling cursor went round to max_pages and was saved as the watermark."""
+    base, state = api
+    monkeypatch.setenv("TEST_REVIEWS_TOKEN", TOKEN)
+    source = api_source(
+        tmp_path,
+        f"{base}/cycle",
+        "{type: cursor, cursor_field: meta.next, cursor_param: after}",
+        "result.items",
+    )
+    source.config.max_pages = 50
+
+    with pytest.raises(SourceError) as caught:
+        ingest_source(source, store, "run-1")
+
+    assert caught.value.code == "E012"
+    assert "cursor 'x', already used in this read" in str(caught.value)
+    assert state.requests == ["/cycle", "/cycle?after=x", "/cycle?after=y"]
+    assert store.get_watermark("api_reviews") is None
+    assert store.count(schema.feedback) == 4, "the pages before the cycle are kept"
+
+
+def test_http_newest_first_pages_lose_nothing(
+    tmp_path: Path, api: tuple[str, ApiState], monkeypatch: pytest.MonkeyPatch, store: Store
+) -> None:
+    """Defect 2: a page watermark on a newest-first API skipped every new item."""
+    base, state = api
+    monkeypatch.setenv("TEST_REVIEWS_TOKEN", TOKEN)
+
+    def items(first: int, last: int) -> list[dict[str, Any]]:
+        return [
+            {"id": f"n{n}", "created": f"2026-11-{n:02d}T10:00:00Z", "body": f"Item {n}"}
+            for n in range(last, first - 1, -1)
+        ]
+
+    pagination = "{type: page, size_param: per_page, page_size: 2, order: newest_first}"
+    source = api_source(tmp_path, f"{base}/newest", pagination, "data")
+    state.newest_first = items(1, 5)
+    first = ingest_source(source, store, "run-1")
+    assert (first.read, first.stored) == (5, 5)
+
+    state.newest_first = items(1, 8)  # three new items push the others down
+    state.requests.clear()
+    state.down.add("/newest?page=2&per_page=2")  # the read breaks after its first page
+    with pytest.raises(SourceError):
+        ingest_source(source, store, "run-2")
+    state.down.clear()
+    state.requests.clear()
+    second = ingest_source(source, store, "run-3")
+
+    assert (second.read, second.stored, second.duplicates) == (4, 1, 3)
+    assert state.requests == ["/newest?page=1&per_page=2", "/newest?page=2&per_page=2"]
+    assert store.count(schema.feedback) == 8
+    third = ingest_source(source, store, "run-4")
+    assert (third.read, third.stored, third.duplicates) == (2, 0, 2)
 
 
 def test_http_connection_refused_and_missing_token(

@@ -1,30 +1,58 @@
-"""From a source batch to stored, normalized, language-tagged records; every row accounted for.
+"""From a source to stored, normalized, language-tagged records; every row accounted for.
 
-rows read = stored + duplicates + quarantined, per source and run; anything else raises.
+rows read = stored + duplicates + quarantined + skipped (with reasons), per source and run;
+anything else raises. ``ingest_source`` streams a source chunk by chunk (read, normalize,
+redact, dedupe by id, store), so memory is bounded by the chunk size, not the input; the
+source's watermark is saved only after its last chunk is stored, so a crash re-reads (ids drop
+what was stored) and never skips.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import multiprocessing
+import os
+import queue
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from multiprocessing.queues import Queue
+from typing import Any, NamedTuple
 
 import pandas as pd
 from sqlalchemy import select
 
-from pipelines._errors import CountBalanceError
+from pipelines._errors import CountBalanceError, SourceError
 from pipelines.ingest.dedupe import mark_duplicates, text_hash
 from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
 from pipelines.ingest.redact import redact
-from pipelines.ingest.sources import Rejected, SourceBatch
+from pipelines.ingest.sources import (
+    DEFAULT_CHUNK_ROWS,
+    UNCHANGED_FILE,
+    FileSource,
+    Rejected,
+    Source,
+    SourceBatch,
+)
 from pipelines.storage import Store, schema
 
-__all__ = ["DUPLICATE_WINDOW", "SourceCounts", "ingest_batch", "prepare_records"]
+__all__ = [
+    "DUPLICATE_WINDOW",
+    "OUT_OF_RANGE",
+    "SourceCounts",
+    "in_range",
+    "ingest_batch",
+    "ingest_source",
+    "prepare_records",
+]
 
 DUPLICATE_WINDOW = timedelta(days=1)
 EMPTY_AFTER_NORMALIZATION = "empty_after_normalization"
+OUT_OF_RANGE = "out_of_range"
+"""Skip reason: a row created outside the date range a run asked for (rerun, --since)."""
+_WORKER_MIN_BYTES = 16 * 2**20
+_QUEUED_CHUNKS = 2
 _RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
@@ -37,8 +65,15 @@ class SourceCounts:
     stored: int
     duplicates: int
     quarantined: int
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, int | str]:
+    @property
+    def idle(self) -> bool:
+        """Nothing new came: every row was in a file ingested whole before."""
+        return self.read == self.skip_reasons.get(UNCHANGED_FILE, 0)
+
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""
         return asdict(self)
 
@@ -111,23 +146,33 @@ def _to_rows(frame: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
-    """Store one source's batch: quarantine bad rows, drop known ids, mark copy-paste spam.
+class _Prepared(NamedTuple):
+    """One chunk after ``prepare_records``: what storing it needs, picklable."""
 
-    Args:
-        batch: What the source read.
-        store: Destination database.
-        run_id: Current run id.
+    source: str
+    rows_read: int
+    skipped: dict[str, int]
+    watermark: str | None
+    frame: pd.DataFrame
+    rejected: list[Rejected]
 
-    Returns:
-        The per-source counts, also written to ``run_source_counts``.
 
-    Raises:
-        CountBalanceError: read != stored + duplicates + quarantined.
-    """
+def _prepare(batch: SourceBatch, start: datetime | None, end: datetime | None) -> _Prepared:
+    if start is not None:
+        batch = in_range(batch, start, end)
     frame, empty_rows = prepare_records(batch)
     rejected = [*batch.rejected, *empty_rows]
-    store.quarantine(batch.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
+    return _Prepared(batch.source, batch.rows_read, batch.skipped, batch.watermark, frame, rejected)
+
+
+def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int, int]:
+    """Quarantine bad rows, drop known ids, mark copy-paste spam, store the rest.
+
+    Returns:
+        Rows stored, duplicates and quarantined.
+    """
+    frame, rejected = chunk.frame, chunk.rejected
+    store.quarantine(chunk.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
 
     duplicates = 0
     stored = 0
@@ -144,27 +189,221 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
         spam = int(frame["duplicate_of"].notna().sum())
         duplicates += spam + (len(frame) - inserted)
         stored = inserted - spam
+    return stored, duplicates, len(rejected)
 
-    counts = SourceCounts(batch.source, batch.rows_read, stored, duplicates, len(rejected))
-    if counts.read != counts.stored + counts.duplicates + counts.quarantined:
-        raise CountBalanceError(
-            f"source {batch.source!r}: read {counts.read} != stored {counts.stored} + duplicates "
-            f"{counts.duplicates} + quarantined {counts.quarantined}. This is a bug; please report "
-            "it with the source file."
+
+def _prepare_in_worker(
+    source: Source,
+    since: str | None,
+    chunk_rows: int,
+    start: datetime | None,
+    end: datetime | None,
+    chunks: Queue[Any],
+) -> None:
+    """Body of the reader process: read and prepare chunks, hand them over through a queue."""
+    try:
+        for batch in source.read_chunks(since, chunk_rows):
+            chunks.put(_prepare(batch, start, end))
+        chunks.put(None)
+    except Exception as exc:  # handed to the parent, which raises it
+        chunks.put(exc)
+
+
+def _prepared_chunks(
+    source: Source,
+    since: str | None,
+    chunk_rows: int,
+    start: datetime | None,
+    end: datetime | None,
+) -> Iterator[_Prepared]:
+    """Chunks read and prepared here, or, for a large file source, by a second process.
+
+    Preparing (normalize, redact, language) costs as much CPU as storing; a reader process
+    overlaps the two on a second core. At most ``_QUEUED_CHUNKS`` chunks wait in between, so
+    memory stays bounded. The process is a daemon and is killed when the read ends or fails.
+    """
+    if not _worth_a_worker(source):
+        for batch in source.read_chunks(since, chunk_rows):
+            yield _prepare(batch, start, end)
+        return
+    context = multiprocessing.get_context("spawn")
+    chunks: Queue[Any] = context.Queue(maxsize=_QUEUED_CHUNKS)
+    worker = context.Process(
+        target=_prepare_in_worker,
+        args=(source, since, chunk_rows, start, end, chunks),
+        name=f"ingest-{source.name}",
+        daemon=True,
+    )
+    worker.start()
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=1.0)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise SourceError(
+                    f"source {source.name!r}: the reader process stopped (exit code "
+                    f"{worker.exitcode}) before the end of the source; nothing after the "
+                    "chunks stored was lost (the watermark did not move). Check memory and "
+                    "rerun.",
+                    code="E015",
+                ) from None
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join()
+
+
+def _worth_a_worker(source: Source) -> bool:
+    """A second process pays off for file sources of many MB on a machine with 2+ cores."""
+    if not isinstance(source, FileSource) or (os.cpu_count() or 1) < 2:
+        return False
+    return sum(path.stat().st_size for path in source.files()) >= _WORKER_MIN_BYTES
+
+
+class _Tally:
+    """Counts of one source summed over its chunks."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.read = self.stored = self.duplicates = self.quarantined = 0
+        self.skip_reasons: dict[str, int] = {}
+
+    def add(
+        self, batch: SourceBatch | _Prepared, stored: int, duplicates: int, quarantined: int
+    ) -> None:
+        self.read += batch.rows_read + sum(batch.skipped.values())
+        self.stored += stored
+        self.duplicates += duplicates
+        self.quarantined += quarantined
+        for reason, rows in batch.skipped.items():
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + rows
+
+    def counts(self) -> SourceCounts:
+        """The sums, checked: read = stored + duplicates + quarantined + skipped.
+
+        Raises:
+            CountBalanceError: The sums do not balance.
+        """
+        skipped = sum(self.skip_reasons.values())
+        counts = SourceCounts(
+            self.source,
+            self.read,
+            self.stored,
+            self.duplicates,
+            self.quarantined,
+            skipped,
+            dict(sorted(self.skip_reasons.items())),
         )
+        if counts.read != counts.stored + counts.duplicates + counts.quarantined + skipped:
+            raise CountBalanceError(
+                f"source {self.source!r}: read {counts.read} != stored {counts.stored} + "
+                f"duplicates {counts.duplicates} + quarantined {counts.quarantined} + skipped "
+                f"{skipped}. This is a bug; please report it with the source file."
+            )
+        return counts
+
+
+def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
+    """Store one batch (a whole small source, or a test's batch) and save its watermark.
+
+    Args:
+        batch: What the source read.
+        store: Destination database.
+        run_id: Current run id.
+
+    Returns:
+        The per-source counts, also written to ``run_source_counts``.
+
+    Raises:
+        CountBalanceError: read != stored + duplicates + quarantined + skipped.
+    """
+    tally = _Tally(batch.source)
+    tally.add(batch, *_store_chunk(_prepare(batch, None, None), store, run_id))
+    counts = tally.counts()
     store.upsert(schema.run_source_counts, [{"run_id": run_id, **counts.as_dict()}])
     if batch.watermark is not None:
-        store.set_watermark(
-            batch.source, _later(store.get_watermark(batch.source), batch.watermark)
-        )
+        store.set_watermark(batch.source, batch.watermark)
     return counts
 
 
-def _later(stored: str | None, new: str) -> str:
-    """The later of two watermarks, so a backfill never moves a timestamp watermark back."""
-    if stored is None:
-        return new
-    try:
-        return max(stored, new, key=datetime.fromisoformat)
-    except ValueError:
-        return new
+def in_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
+    """The part of a batch created in ``[start, end)``; the other records count as skipped.
+
+    Rejected rows are kept: they have no trustworthy date and go to quarantine (once).
+
+    Args:
+        batch: What a source read.
+        start: First instant kept (UTC).
+        end: First instant not kept (UTC), or None for no end.
+
+    Returns:
+        A batch without watermark, so a ranged read never moves the source's watermark.
+    """
+    kept = [
+        record
+        for record in batch.records
+        if record.created_at >= start and (end is None or record.created_at < end)
+    ]
+    skipped = dict(batch.skipped)
+    if len(kept) < len(batch.records):
+        skipped[OUT_OF_RANGE] = skipped.get(OUT_OF_RANGE, 0) + len(batch.records) - len(kept)
+    return SourceBatch(
+        source=batch.source,
+        records=kept,
+        rejected=batch.rejected,
+        rows_read=len(kept) + len(batch.rejected),
+        skipped=skipped,
+    )
+
+
+def ingest_source(
+    source: Source,
+    store: Store,
+    run_id: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    record_idle: bool = True,
+) -> SourceCounts:
+    """Stream one source into the store, chunk by chunk, then save its watermark.
+
+    Args:
+        source: The source.
+        store: Destination database.
+        run_id: Current run id.
+        start: Keep only rows created at or after this instant (UTC): the whole source is
+            read from the start, rows outside ``[start, end)`` count as ``out_of_range``, and
+            the watermark is left as it was. None: read from the watermark.
+        end: End of the range (excluded), with ``start``.
+        chunk_rows: Rows per chunk; bounds memory.
+        record_idle: Write the counts to ``run_source_counts`` even when nothing new came
+            (the watch loop passes False so idle polls leave no rows).
+
+    Returns:
+        The per-source counts, summed over the chunks.
+
+    Raises:
+        SourceError: The source cannot be read; chunks stored before stay (ids dedupe them
+            on the next read) and the watermark is not moved.
+        CountBalanceError: read != stored + duplicates + quarantined + skipped.
+    """
+    since = None if start is not None else store.get_watermark(source.name)
+    tally = _Tally(source.name)
+    watermark = None
+    for chunk in _prepared_chunks(source, since, chunk_rows, start, end):
+        tally.add(chunk, *_store_chunk(chunk, store, run_id))
+        watermark = chunk.watermark
+    counts = tally.counts()
+    if record_idle or not counts.idle:
+        store.upsert(schema.run_source_counts, [{"run_id": run_id, **counts.as_dict()}])
+    if watermark is not None:
+        store.set_watermark(source.name, watermark)
+    return counts

@@ -72,23 +72,29 @@ def _present(value: object) -> str | None:
     return str(value).strip() or None
 
 
-def _identity(row: pd.Series) -> str | None:
-    author = _present(row.get("author"))
-    if author is not None:
-        return f"author\x1f{_present(row.get('source')) or ''}\x1f{author}"
-    customer = _present(row.get("customer_id"))
-    if customer is not None:
-        return f"customer\x1f{customer}"
+def _identity(author: object, source: object, customer: object) -> str | None:
+    author_text = _present(author)
+    if author_text is not None:
+        return f"author\x1f{_present(source) or ''}\x1f{author_text}"
+    customer_text = _present(customer)
+    if customer_text is not None:
+        return f"customer\x1f{customer_text}"
     return None
 
 
+def _column(frame: pd.DataFrame, name: str) -> list[object]:
+    return frame[name].tolist() if name in frame.columns else [None] * len(frame)
+
+
 def _candidates(frame: pd.DataFrame, from_batch: bool) -> pd.DataFrame:
-    texts = frame["text"].astype("string").fillna("")
+    identities = map(
+        _identity, _column(frame, "author"), _column(frame, "source"), _column(frame, "customer_id")
+    )
     return pd.DataFrame(
         {
             "id": frame["id"].astype(str).to_numpy(),
-            "identity": [_identity(row) for _, row in frame.iterrows()],
-            "key": [duplicate_key(text) for text in texts],
+            "identity": list(identities),
+            "text": frame["text"].astype("string").fillna("").to_numpy(),
             "time": pd.to_datetime(
                 frame["created_at"], utc=True, errors="coerce", format="mixed"
             ).to_numpy(),
@@ -145,17 +151,28 @@ def mark_duplicates(
         pools.append(_candidates(earlier, from_batch=False))
     candidates = pd.concat(pools, ignore_index=True)
     candidates = candidates[candidates["identity"].notna() & candidates["time"].notna()]
+    # Only an author seen twice can repeat a text: the (costly) keys are for those rows alone.
+    candidates = candidates[candidates["identity"].duplicated(keep=False)]
     candidates = candidates.sort_values(["time", "from_batch", "position"], kind="stable")
 
     duplicate_of: list[object] = [None] * len(batch)
-    window_span = pd.Timedelta(window)
-    for _, series in candidates.groupby(["identity", "key"], sort=False):
-        first_id, first_time = None, None
-        for row in series.itertuples(index=False):
-            if first_time is not None and row.time - first_time <= window_span:
-                if row.from_batch:
-                    duplicate_of[row.position] = first_id
-                continue
-            first_id, first_time = row.id, row.time
+    window_span = pd.Timedelta(window).to_timedelta64()
+    first: dict[tuple[str, str], tuple[str, object]] = {}
+    for identity, text, record_id, moment, from_batch, position in zip(
+        candidates["identity"],
+        candidates["text"],
+        candidates["id"],
+        candidates["time"].to_numpy(),
+        candidates["from_batch"],
+        candidates["position"],
+        strict=True,
+    ):
+        series = (identity, duplicate_key(text))
+        start = first.get(series)
+        if start is not None and moment - start[1] <= window_span:
+            if from_batch:
+                duplicate_of[position] = start[0]
+            continue
+        first[series] = (record_id, moment)
     marked[DUPLICATE_COLUMN] = pd.Series(duplicate_of, index=batch.index, dtype=object)
     return marked

@@ -115,6 +115,8 @@ run_source_counts = Table(
     Column("stored", Integer, nullable=False),
     Column("duplicates", Integer, nullable=False),
     Column("quarantined", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False, server_default="0"),
+    Column("skip_reasons", JSONText, comment="reason -> rows skipped on purpose"),
 )
 
 watermarks = Table(

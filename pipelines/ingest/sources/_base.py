@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any, ClassVar, NamedTuple
@@ -18,11 +18,12 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from pipelines._errors import CountBalanceError, SourceError
+from pipelines._errors import CountBalanceError
 from pipelines.ingest.sources._config import SourceConfig
 from pipelines.records import Channel, FeedbackRecord, content_id, record_id
 
 __all__ = [
+    "DEFAULT_CHUNK_ROWS",
     "MAX_TEXT_CHARS",
     "REJECT_REASONS",
     "Rejected",
@@ -32,17 +33,18 @@ __all__ = [
     "SourceBatch",
     "json_safe",
     "lookup",
-    "parse_since",
     "raw_text",
 ]
 
 MAX_TEXT_CHARS = 20_000
+DEFAULT_CHUNK_ROWS = 5_000
+"""Rows per chunk a source yields: ingest memory is bounded by this, not by the input size."""
 REJECT_REASONS: tuple[str, ...] = (
     "bad_csv_row",
     "missing_text",
     "bad_date",
     "text_too_long",
-    "undecodable",
+    "bad_encoding",
     "invalid_field",
     "not_json",
 )
@@ -76,17 +78,18 @@ class Rejected(NamedTuple):
 
 @dataclass
 class SourceBatch:
-    """Everything one ``Source.read`` produced.
+    """What a source produced: one chunk of ``Source.read_chunks`` or a whole ``Source.read``.
 
     Attributes:
         source: Source name.
         records: Rows mapped to records.
         rejected: Rows that failed, with the reason.
-        rows_read: Rows considered in this read (for surveys: answers); always
-            ``len(records) + len(rejected)``.
-        watermark: Value the next incremental read resumes from: newest ``created_at`` (ISO,
-            UTC) for files, page number or cursor for APIs; ``since`` when nothing new came.
-        rows_skipped: File rows at or before ``since`` (already ingested by an earlier run).
+        rows_read: Rows parsed (for surveys: answers); always ``len(records) + len(rejected)``.
+        watermark: Set on the last chunk only: the state the next read resumes from (files: the
+            manifest of fully read files; APIs: page, cursor or the newest ids seen). Saved
+            once every chunk is stored, never before.
+        skipped: Rows deliberately not read or not kept, by reason (e.g. ``unchanged_file``:
+            rows of a file ingested whole by an earlier run and unchanged since).
 
     Raises:
         CountBalanceError: ``rows_read`` does not match records plus rejected rows.
@@ -97,7 +100,7 @@ class SourceBatch:
     rejected: list[Rejected] = field(default_factory=list)
     rows_read: int = 0
     watermark: str | None = None
-    rows_skipped: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.rows_read != len(self.records) + len(self.rejected):
@@ -158,29 +161,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
-
-
-def parse_since(source: str, since: str) -> datetime:
-    """Parse a file watermark (ISO timestamp; naive means UTC).
-
-    Args:
-        source: Source name, for the error message.
-        since: The stored watermark.
-
-    Returns:
-        The watermark as an aware UTC datetime.
-
-    Raises:
-        SourceError: The watermark is not an ISO timestamp.
-    """
-    try:
-        moment = datetime.fromisoformat(since)
-    except ValueError as exc:
-        raise SourceError(
-            f"source {source!r}: watermark {since!r} is not an ISO timestamp. Delete the "
-            "watermark of this source (or run with a full refresh) to read it from the start."
-        ) from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _as_text(value: Any) -> str | None:
@@ -378,7 +358,7 @@ def raw_text(row: Mapping[str, Any]) -> str:
 
 
 class Source(ABC):
-    """One configured feed. Subclasses implement ``read`` for their kind.
+    """One configured feed. Subclasses implement ``read_chunks`` for their kind.
 
     Args:
         config: The source's entry of sources.yaml.
@@ -401,19 +381,42 @@ class Source(ABC):
         return Channel(self.config.channel)
 
     @abstractmethod
-    def read(self, since: str | None = None) -> SourceBatch:
-        """Read the rows newer than ``since``.
+    def read_chunks(
+        self, since: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[SourceBatch]:
+        """Read the source in chunks of about ``chunk_rows`` rows.
 
         Args:
-            since: Watermark of the previous read (ISO timestamp for files, page or cursor for
-                APIs), or None to read everything.
+            since: State saved after the previous complete read (the last chunk's
+                ``watermark``), or None to read everything.
+            chunk_rows: Rows per chunk (an API page is never split).
 
         Returns:
-            The batch of records, rejected rows and the new watermark.
+            An iterator of batches, at least one; only the last carries the ``watermark``, to
+            be saved once every chunk is stored.
 
         Raises:
             SourceError: The source cannot be read at all (missing file, API down).
         """
+
+    def read(self, since: str | None = None) -> SourceBatch:
+        """Read the whole source into one batch (tests, small sources; ingest uses chunks).
+
+        Args:
+            since: As for ``read_chunks``.
+
+        Returns:
+            Every chunk merged; the watermark is the last chunk's.
+        """
+        whole = SourceBatch(source=self.name)
+        for chunk in self.read_chunks(since):
+            whole.records.extend(chunk.records)
+            whole.rejected.extend(chunk.rejected)
+            whole.rows_read += chunk.rows_read
+            for reason, rows in chunk.skipped.items():
+                whole.skipped[reason] = whole.skipped.get(reason, 0) + rows
+            whole.watermark = chunk.watermark
+        return whole
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -152,7 +152,14 @@ class XlsxSourceConfig(_FileSourceBase):
 
 
 class PagePagination(BaseModel):
-    """``?page=N&page_size=M`` pagination; stops at an empty or short page."""
+    """``?page=N&page_size=M`` pagination; stops at an empty or short page.
+
+    Attributes:
+        order: ``oldest_first`` (new items are appended on the last pages: a read resumes at
+            the last page read) or ``newest_first`` (new items push the others down: a read
+            starts again at the first page and stops at the page holding the newest items of
+            the previous complete read).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -161,6 +168,7 @@ class PagePagination(BaseModel):
     size_param: str = "page_size"
     page_size: int = Field(default=100, ge=1, le=10_000)
     first_page: int = Field(default=1, ge=0)
+    order: Literal["oldest_first", "newest_first"] = "oldest_first"
 
 
 class CursorPagination(BaseModel):
@@ -181,7 +189,9 @@ class HttpJsonSourceConfig(_SourceBase):
         items_path: Dotted path of the list of items in each response; empty when the response
             itself is the list.
         token_env: Name of the environment variable holding a bearer token (never the token).
-        max_pages: Upper bound of pages per read; the watermark lets the next read go on.
+        timeout_seconds: Total time one request may take, connection and body included.
+        max_pages: Upper bound of pages per read; the watermark lets the next read go on
+            (``newest_first`` pages: a read that would need more fails with E014).
     """
 
     kind: Literal["http_json"]
