@@ -14,6 +14,9 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from flows._cli_options import ConfigOption, DbOption, SourceOption
+from pipelines._secrets import mask_credentials
+from pipelines.config import config_path
+from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
 from pipelines.storage import Store, recent_runs, resolve_db_url, schema
 
@@ -34,7 +37,8 @@ ResendOption = Annotated[
 
 
 def _db_url(config: Path | None, db: str | None) -> str:
-    return resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database)
+    settings = load_settings(config)  # also when --db wins: a broken configuration fails here
+    return resolve_db_url(db or os.environ.get("FEEDBACK_DB_URL") or settings.database)
 
 
 def _run_flow(
@@ -48,6 +52,9 @@ def _run_flow(
     from flows._children import start_temporary_prefect_server
     from flows.nightly import nightly
 
+    # Configuration errors end here, at once, before Prefect starts (the flow checks again).
+    database = mask_credentials(_db_url(config, db))
+    load_sources(config_path("sources.yaml", config), names=sources)
     start_temporary_prefect_server()
     with console.status("Running the nightly flow..."):
         summary = nightly(
@@ -73,7 +80,7 @@ def _run_flow(
         )
     for name, rows in summary.stage_rows.items():
         console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
-    console.print(f"Database: {_db_url(config, db)}")
+    console.print(f"Database: {database}")
     if summary.report:
         console.print(f"Report: {Path(summary.report).resolve()}")
     if "alerts" in summary.stage_rows:

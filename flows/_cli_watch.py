@@ -11,6 +11,7 @@ from rich.console import Console
 
 from flows._cli_options import ConfigOption, DbOption, SourceOption
 from pipelines._errors import FeedbackError
+from pipelines._secrets import mask_credentials
 
 if TYPE_CHECKING:
     from flows.watch import Watcher
@@ -43,7 +44,8 @@ def watch(
     with console.status("Loading configuration and models..."):
         watcher = Watcher.from_config(config, db, source)
     console.print(
-        f"Watching {len(watcher.sources)} source(s) every {interval:g} s into {watcher.store.url}; "
+        f"Watching {len(watcher.sources)} source(s) every {interval:g} s into "
+        f"{mask_credentials(watcher.store.url)}; "
         f"stages: {', '.join(stage.name for stage in watcher.stages) or 'none'}.",
         markup=False,
     )

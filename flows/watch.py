@@ -28,6 +28,7 @@ from flows._tasks import (
     store_source,
 )
 from pipelines._errors import ConfigError, FeedbackError, StoreError
+from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
 from pipelines.delivery.alerts import AlertStage
 from pipelines.ingest import ingest_source
@@ -179,9 +180,9 @@ class Watcher:
                 lock.release()
         except OperationalError as exc:
             raise StoreError(
-                f"database {self.store.url!r} is unavailable ({exc.orig}). If another process "
-                "(e.g. feedback run) holds the DuckDB file, this poll is retried once it is "
-                "done; use PostgreSQL to run flows side by side."
+                f"database {mask_credentials(repr(self.store.url))} is unavailable ({exc.orig}). "
+                "If another process (e.g. feedback run) holds the DuckDB file, this poll is "
+                "retried once it is done; use PostgreSQL to run flows side by side."
             ) from exc
         finally:
             if self.store.is_duckdb:

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines._errors import ConfigError
 from pipelines.config import config_path, load_yaml_model
 
 __all__ = ["PipelineSettings", "load_settings"]
@@ -19,7 +20,8 @@ class PipelineSettings(BaseModel):
     Attributes:
         database: DuckDB file path or SQLAlchemy URL; ``$FEEDBACK_DB_URL`` and ``--db`` win.
         timezone: IANA zone for schedules and report days.
-        stages: Analysis stages run after ingestion, in order.
+        stages: Analysis stages run after ingestion, in order; ``pipeline.yaml`` must list
+            them (``[]`` to only ingest), so a missing key never silently analyses nothing.
         outbox_dir: Where alert mails are written when no SMTP server is configured.
         reports_dir: Where HTML reports are written.
     """
@@ -50,5 +52,18 @@ def load_settings(config_dir: str | os.PathLike[str] | None = None) -> PipelineS
 
     Returns:
         The validated settings.
+
+    Raises:
+        ConfigError: E004 when the file has no ``stages`` key; other codes as
+            ``load_yaml_model``.
     """
-    return load_yaml_model(config_path("pipeline.yaml", config_dir), PipelineSettings)
+    file = config_path("pipeline.yaml", config_dir)
+    settings = load_yaml_model(file, PipelineSettings)
+    if "stages" not in settings.model_fields_set:
+        raise ConfigError(
+            f"{file} has no 'stages': nothing would be analysed. List the analysis stages, "
+            "e.g. 'stages: [sentiment, aspects, topics, trends, flagging, alerts]', or write "
+            "'stages: []' to only ingest.",
+            code="E004",
+        )
+    return settings

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.numpy import load_file, save_file
 
 from pipelines._errors import ModelError
@@ -97,6 +97,8 @@ class AspectDefinition(BaseModel):
         threshold: Optional probability threshold overriding the tuned one.
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     labels: dict[str, str]
     examples: dict[str, list[str]] = Field(default_factory=dict)
@@ -135,6 +137,8 @@ class AspectConfig(BaseModel):
         dataset_mapping: Data-set category -> aspect (``null``: not ours), per data set;
             keys may use ``*`` wildcards, first match wins.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     max_aspects_per_sentence: int = Field(default=3, ge=1)
     max_sentences_per_record: int = Field(default=20, ge=1)

@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
+from pipelines._errors import ConfigError
 from pipelines.analysis.churn import ChurnDetector, ChurnMatch, ChurnRules
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
@@ -145,9 +146,22 @@ def load_flagging_rules(config_dir: str | os.PathLike[str] | None = None) -> Fla
         The validated rules.
 
     Raises:
-        ConfigError: The file is missing or invalid; the message names the key and the fix.
+        ConfigError: The file is missing or invalid; E005 when ``aspects`` names an aspect
+            ``aspects.yaml`` lacks (it would never score). The message names the key and the fix.
     """
-    return load_yaml_model(config_path("flagging.yaml", config_dir), FlaggingRules)
+    from pipelines.analysis.aspects import load_aspect_config  # spaCy and torch: load lazily
+
+    file = config_path("flagging.yaml", config_dir)
+    rules = load_yaml_model(file, FlaggingRules)
+    known = [aspect.name for aspect in load_aspect_config(config_dir).aspects]
+    unknown = [f"aspects.{name}" for name in rules.aspects if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"{file}: key(s) {', '.join(unknown)} name no aspect of aspects.yaml, so they would "
+            f"never score. Use aspect names from aspects.yaml: {', '.join(known)}.",
+            code="E005",
+        )
+    return rules
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 from scipy.optimize import linear_sum_assignment
@@ -65,6 +65,8 @@ _KMEANS_SEED = 13
 class TopicSettings(BaseModel):
     """``topics`` section of ``configs/topics.yaml`` (see the comments there)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     window_days: int = Field(default=28, ge=1)
     refit_every_days: int = Field(default=7, ge=1)
     min_records_to_fit: int = Field(default=30, ge=2)
@@ -81,6 +83,8 @@ class TopicSettings(BaseModel):
 class TrendSettings(BaseModel):
     """``trends`` section of ``configs/topics.yaml`` (see the comments there)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     baseline_days: int = Field(default=14, ge=3)
     min_count: int = Field(default=8, ge=1)
     min_ratio: float = Field(default=2.0, ge=1.0)
@@ -90,6 +94,8 @@ class TrendSettings(BaseModel):
 
 class TopicsConfig(BaseModel):
     """``configs/topics.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     topics: TopicSettings = Field(default_factory=TopicSettings)
     trends: TrendSettings = Field(default_factory=TrendSettings)

@@ -4,7 +4,8 @@ A route matches on any of language, channel, negative aspect, priority, store, p
 source; a criterion left out matches everything. **The most specific matching route wins**: the
 one with the most criteria given; among equally specific routes, the first in the file wins. The
 route without any criterion is the default and must exist, so every flagged record reaches
-someone.
+someone. Languages, channels, aspects and priorities must be values a record can have: a typo
+would make its route never match, so it is an error.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines._errors import ConfigError
 from pipelines.analysis.flagging import PRIORITIES, Priority
 from pipelines.config import config_path, load_yaml_model
+from pipelines.ingest.language import DEFAULT_LANGUAGES, OTHER
+from pipelines.records import Channel
 
 __all__ = ["Route", "RouteMatch", "RoutingConfig", "load_routing"]
 
@@ -99,10 +104,10 @@ class Route(BaseModel):
     @field_validator("to")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        for address in value:
+        for index, address in enumerate(value):
             if not _EMAIL.match(address):
                 raise ValueError(
-                    f"{address!r} is not a plain email address; write it as name@domain.tld "
+                    f"to[{index}] is not a plain email address; write it as name@domain.tld "
                     "(no display name, commas or line breaks)"
                 )
         return value
@@ -163,6 +168,34 @@ class RoutingConfig(BaseModel):
         return max(candidates, key=lambda route: route.match.specificity)
 
 
+def _check_known_values(routing: RoutingConfig, file: Path, aspects: list[str]) -> None:
+    """Refuse match criteria no record can have; they would make their route never match."""
+    known = {
+        "languages": [*DEFAULT_LANGUAGES, OTHER],
+        "channels": [channel.value for channel in Channel],
+        "aspects": aspects,
+    }
+    problems = []
+    for index, route in enumerate(routing.routes):
+        for criterion, valid in known.items():
+            unknown = [
+                position
+                for position, value in enumerate(getattr(route.match, criterion))
+                if value.casefold() not in _folded(valid)
+            ]
+            if unknown:
+                where = ", ".join(f"routes.{index}.match.{criterion}.{p}" for p in unknown)
+                problems.append(
+                    f"route '{route.name}' ({where}) names an unknown {criterion[:-1]}; "
+                    f"use any of {', '.join(valid)}"
+                )
+    if problems:
+        raise ConfigError(
+            f"{file}: {'; '.join(problems)}. Aspects are the names in aspects.yaml.",
+            code="E005",
+        )
+
+
 def load_routing(config_dir: str | os.PathLike[str] | None = None) -> RoutingConfig:
     """Load and validate ``routing.yaml``.
 
@@ -173,6 +206,14 @@ def load_routing(config_dir: str | os.PathLike[str] | None = None) -> RoutingCon
         The validated routing.
 
     Raises:
-        ConfigError: Missing file, invalid key or no default route; the message says the fix.
+        ConfigError: Missing file, invalid key or no default route; E005 for a language,
+            channel or aspect (as listed in ``aspects.yaml``) no record can have. The message
+            says the fix.
     """
-    return load_yaml_model(config_path("routing.yaml", config_dir), RoutingConfig)
+    from pipelines.analysis.aspects import load_aspect_config  # spaCy and torch: load lazily
+
+    file = config_path("routing.yaml", config_dir)
+    routing = load_yaml_model(file, RoutingConfig)
+    aspects = [aspect.name for aspect in load_aspect_config(config_dir).aspects]
+    _check_known_values(routing, file, aspects)
+    return routing

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines._errors import StoreError
+from pipelines._secrets import mask_credentials
 from pipelines.storage import schema
 from pipelines.storage._connect import create_store_engine
 
@@ -77,8 +78,9 @@ class Store:
                 schema.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(
-                f"cannot open database {self.url!r}: {exc}. Check --db / ${DB_URL_ENV}; for "
-                "PostgreSQL use postgresql+psycopg://user:password@host/dbname."
+                f"cannot open database {mask_credentials(repr(self.url))}: "
+                f"{mask_credentials(exc)}. Check --db / ${DB_URL_ENV}; for PostgreSQL use "
+                "postgresql+psycopg://user:password@host/dbname."
             ) from exc
         # DuckDB allows one writer per process; serialise our writes so threads can share a Store.
         self._write_lock = threading.RLock()

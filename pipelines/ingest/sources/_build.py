@@ -21,6 +21,31 @@ from pipelines.ingest.sources._http import HttpJsonSource
 
 __all__ = ["build_source", "load_sources"]
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _check_inside_data_dir(config: SourcesConfig, file: Path, base_dir: Path) -> None:
+    """Refuse a file source whose ``path`` leads out of ``data_dir``.
+
+    The path, with ``~`` expanded and ``..`` collapsed, must lie inside ``data_dir``; a glob may
+    not hold ``..`` at all (``**/..`` would climb out). Symbolic links inside the data folder are
+    followed: the folder's owner put them there.
+    """
+    for index, source in enumerate(config.sources):
+        if isinstance(source, HttpJsonSourceConfig):
+            continue
+        pattern = Path(source.path).expanduser()
+        target = Path(os.path.normpath(base_dir / pattern))
+        climbs = ".." in pattern.parts and bool(_GLOB_CHARS.intersection(source.path))
+        if climbs or not target.is_relative_to(base_dir):
+            raise ConfigError(
+                f"{file}: key 'sources.{index}.path' (source '{source.name}') leads outside the "
+                f"data folder {base_dir}; sources read only files inside data_dir. Give the "
+                "path relative to data_dir without '..', or set data_dir to the folder that "
+                "holds the data.",
+                code="E006",
+            )
+
 
 def build_source(config: SourceConfig, base_dir: str | os.PathLike[str] | None = None) -> Source:
     """The reader for one source entry.
@@ -50,8 +75,8 @@ def load_sources(
     """Read sources.yaml and build its readers.
 
     Args:
-        path: The sources.yaml file. Relative file paths inside it are resolved against its
-            ``data_dir``, which is relative to the folder holding the YAML file.
+        path: The sources.yaml file. File paths inside it are resolved against its
+            ``data_dir`` (relative to the folder holding the YAML file) and must stay inside it.
         names: Only these sources (in file order); None for all.
         include_disabled: Also build sources with ``enabled: false``.
 
@@ -59,11 +84,13 @@ def load_sources(
         The readers, in the order of the file.
 
     Raises:
-        ConfigError: The file is missing or invalid, or ``names`` holds an unknown source.
+        ConfigError: The file is missing or invalid, or ``names`` holds an unknown source;
+            E006 when a file source's path leads outside ``data_dir``.
     """
     file = Path(path)
     config = load_yaml_model(file, SourcesConfig)
     base_dir = (file.resolve().parent / config.data_dir).resolve()
+    _check_inside_data_dir(config, file, base_dir)
     wanted = None if names is None else list(names)
     if wanted is not None:
         known = [source.name for source in config.sources]
