@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from flows._cli_alerts import print_delivery_backlog
 from flows._cli_options import ConfigOption, DbOption, SourceOption
 from pipelines.settings import load_settings
 from pipelines.storage import Store, recent_runs, resolve_db_url, schema
@@ -108,7 +109,7 @@ def ingest(
 
 
 def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) -> None:
-    """Show recent runs with their counts, and what sits in quarantine."""
+    """Show recent runs with their counts, what sits in quarantine and undelivered alerts."""
     with Store(_db_url(config, db)) as store:
         runs = recent_runs(store, limit)
         table = Table(title="Recent runs")
@@ -143,6 +144,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
             q_table.add_row(source_name, reason, str(count))
         console.print(q_table)
         console.print(f"Records stored: {store.count(schema.feedback)}")
+        print_delivery_backlog(store, console)
 
 
 def register(app: typer.Typer) -> None:
