@@ -25,7 +25,9 @@ from flows._tasks import summary_markdown
 from flows.cli import app
 from flows.nightly import nightly
 from flows.rerun import rerun
+from pipelines._errors import ConfigError
 from pipelines.delivery.alerts import (
+    AlertStage,
     DeliveryPolicy,
     Mailer,
     deliver_pending,
@@ -34,6 +36,7 @@ from pipelines.delivery.alerts import (
     list_alerts,
 )
 from pipelines.delivery.routing import RoutingConfig, load_routing
+from pipelines.stages import StageContext
 from pipelines.storage import Store, schema
 
 T0 = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
@@ -344,3 +347,34 @@ def test_unreachable_server_completes_the_run_with_warnings_everywhere(
     with Store(db_url) as store, store.engine.connect() as connection:
         (counts,) = connection.execute(select(schema.runs.c.counts)).scalars().all()
     assert counts["delivery"]["unreachable"] == 2 and counts["delivery"]["warnings"] == [warning]
+
+
+@pytest.mark.parametrize(
+    ("delivery", "says"),
+    [
+        ("{max_attempts: 0}", "delivery.max_attempts"),
+        ("{backoff_base_s: 600, backoff_max_s: 60}", "backoff_max_s (60) is below"),
+        ("{retries: 3}", "delivery.retries"),
+    ],
+)
+def test_delivery_settings_fail_closed(tmp_path: Path, delivery: str, says: str) -> None:
+    (tmp_path / "routing.yaml").write_text(f"{ROUTING}delivery: {delivery}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_routing(tmp_path)
+    assert says in str(raised.value)
+
+
+def test_alert_stage_uses_the_delivery_settings_of_routing_yaml(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in _environ(_free_port()).items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "routing.yaml").write_text(
+        f"{ROUTING}delivery: {{max_attempts: 1}}\n", encoding="utf-8"
+    )
+    stage = AlertStage.from_config(tmp_path)
+    enqueue_alerts(pd.DataFrame([flagged("s1", "P1")]), store, stage.routing)
+    report = stage.deliver(StageContext(store=store, run_id="test"))
+    assert report.deliveries_failed == 2 and "ConnectionRefusedError" in str(report.unreachable)
+    (warning,) = delivery_backlog(store).warnings()
+    assert warning.startswith("[E042] 2 alert delivery(ies) failed after the last allowed try")

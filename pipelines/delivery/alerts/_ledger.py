@@ -99,7 +99,8 @@ def refresh_alerts(connection: Connection, alert_ids: Sequence[str], now: dateti
         unsent = [item for item in items if item.status != "sent" and item.last_reply]
         waits = [item.next_attempt_at for item in items if item.status == "pending"]
         claims = [item.claimed_at for item in items if item.status == "sending"]
-        sent = sorted((item for item in items if item.status == "sent"), key=lambda i: i.sent_at)
+        sent = [item for item in items if item.status == "sent" and item.sent_at is not None]
+        latest = max(sent, key=lambda item: item.sent_at, default=None)
         last_error = "; ".join(
             f"{item.recipient}: {describe_reply(item.last_code, item.last_reply)}"
             for item in unsent
@@ -113,8 +114,8 @@ def refresh_alerts(connection: Connection, alert_ids: Sequence[str], now: dateti
                 last_error=last_error[:_REPLY_CHARS] or None,
                 next_attempt_at=min((w for w in waits if w is not None), default=None),
                 claimed_at=max(claims, default=None),
-                sent_at=sent[-1].sent_at if status == "sent" else None,
-                message_id=sent[-1].message_id if sent else None,
+                sent_at=latest.sent_at if latest and status == "sent" else None,
+                message_id=latest.message_id if latest else None,
                 updated_at=now,
             )
         )
@@ -323,7 +324,7 @@ class DeliveryBacklog:
                     f"the mail server could not be reached: {self.unreachable} alert "
                     f"delivery(ies) wait for a retry (next {when})"
                     f"{self._example(_OPEN, unreachable=True)}; check FEEDBACK_SMTP_HOST, "
-                    "FEEDBACK_SMTP_PORT and that the server accepts connections",
+                    "FEEDBACK_SMTP_PORT, the login and that the server accepts connections",
                     code="E040",
                 )
             )
