@@ -1,4 +1,4 @@
-"""``feedback alerts list|ack|resolve``: the resolution loop of alert mails."""
+"""``feedback alerts list|ack|resolve|retry``: the resolution loop of alert mails."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
 from pipelines.analysis.flagging import PRIORITIES
-from pipelines.delivery.alerts import ALERT_STATUSES, ack_alert, list_alerts, resolve_alert
+from pipelines.delivery.alerts import (
+    ALERT_STATUSES,
+    ack_alert,
+    delivery_backlog,
+    describe_reply,
+    list_alerts,
+    resolve_alert,
+    retry_failed,
+)
 from pipelines.settings import load_settings
 from pipelines.storage import Store
 
-__all__ = ["register"]
+__all__ = ["print_delivery_backlog", "register"]
 
 console = Console()
 alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to support leads.")
@@ -113,6 +122,54 @@ def resolve_command(
         console.print(f"[red]No alert with id {alert!r}; see `feedback alerts list`.[/red]")
         raise typer.Exit(code=1)
     console.print(f"Resolved {matched} alert(s).")
+
+
+@alerts_app.command("retry")
+def retry_command(
+    alert: Annotated[
+        str | None,
+        typer.Argument(help="Alert id or record id; every failed delivery when omitted."),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Try failed deliveries again (after fixing the address or the server); recipients that
+    already received the alert get nothing new."""
+    with _open_store(db, config) as store:
+        retried = retry_failed(store, alert)
+    console.print(f"{retried} failed delivery(ies) will be tried by the next run.")
+
+
+def print_delivery_backlog(store: Store, out: Console | None = None) -> None:
+    """Print alert deliveries not accepted by the mail server yet, and their warnings.
+
+    Args:
+        store: The database.
+        out: Where to print; this module's console when None.
+    """
+    out = out or console
+    backlog = delivery_backlog(store)
+    if not backlog.rows:
+        out.print("Alert deliveries: every recipient accepted its alerts.")
+        return
+    table = Table(
+        title=f"Alert deliveries not accepted yet ({backlog.queued} queued, "
+        f"{backlog.retrying} retrying, {backlog.failed} failed)"
+    )
+    for column in ("alert", "to", "status", "tries", "next try", "last reply"):
+        table.add_column(column)
+    for row in backlog.rows:
+        table.add_row(
+            row["alert_id"],
+            row["recipient"],
+            row["status"],
+            str(row["attempts"]),
+            _when(row["next_attempt_at"]),
+            escape(describe_reply(row["last_code"], row["reply"])[:80]),
+        )
+    out.print(table)
+    for line in backlog.warnings():
+        out.print(f"[yellow]Warning: {escape(line)}[/yellow]", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from flows._cli_alerts import print_delivery_backlog
 from flows._cli_options import ConfigOption, DbOption, SourceOption
 from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
@@ -119,7 +120,7 @@ def ingest(
 
 
 def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) -> None:
-    """Show recent runs with their counts, and what sits in quarantine."""
+    """Show recent runs with their counts, what sits in quarantine and undelivered alerts."""
     with Store(_db_url(config, db), read_only=True) as store:
         runs = recent_runs(store, limit)
         table = Table(title="Recent runs")
@@ -154,6 +155,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
             q_table.add_row(source_name, reason, str(count))
         console.print(q_table)
         console.print(f"Records stored: {store.count(schema.feedback)}")
+        print_delivery_backlog(store, console)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ Analysis is idempotent by construction:
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from prefect.context import TaskRunContext
 from sqlalchemy import exists, select
 
 from pipelines._errors import FeedbackError
+from pipelines.delivery.alerts import DeliveryBacklog
 from pipelines.ingest import SourceCounts, ingest_source
 from pipelines.ingest.sources import Source
 from pipelines.stages import Stage, StageContext
@@ -76,6 +78,7 @@ class RunSummary:
         analysed: Records that went through the stages.
         cached_stages: Stages whose results came from Prefect's cache instead of being computed.
         report: Path of the HTML report the run wrote, if any.
+        delivery: Alert deliveries not accepted by the mail server at the end of the run.
     """
 
     run_id: str
@@ -88,6 +91,7 @@ class RunSummary:
     analysed: int = 0
     cached_stages: list[str] = field(default_factory=list)
     report: str | None = None
+    delivery: DeliveryBacklog | None = None
 
     def raise_for_failed_sources(self, next_step: str) -> None:
         """Fail the run (code E011) when a source could not be read, after the others ran.
@@ -113,7 +117,21 @@ class RunSummary:
             "channels": self.channels,
             "analysed": self.analysed,
             "cached_stages": self.cached_stages,
+            "delivery": self.delivery.as_dict() if self.delivery else None,
         }
+
+    def outcome(self) -> str:
+        """One line: records stored and analysed, and alert deliveries (with their warnings)."""
+        line = (
+            f"{sum(counts.stored for counts in self.sources)} record(s) stored, "
+            f"{self.analysed} analysed"
+        )
+        if self.delivery is not None:
+            warnings = self.delivery.warnings()
+            line += "; alert deliveries: " + (
+                " ".join(warnings) if warnings else "every recipient accepted"
+            )
+        return line
 
 
 _STORES: dict[str, Store] = {}
@@ -159,8 +177,23 @@ def recorded_run(
             yield summary
         except Exception as exc:
             finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
+            _log_outcome(flow, run_id, "failed", summary)
             raise
         finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
+        _log_outcome(flow, run_id, "completed", summary)
+
+
+def _log_outcome(flow: str, run_id: str, status: str, summary: RunSummary) -> None:
+    """The run's final log line; a warning when alert mail is not delivered."""
+    warn = summary.delivery is not None and bool(summary.delivery.warnings())
+    get_run_logger().log(
+        logging.WARNING if warn else logging.INFO,
+        "%s run %s %s: %s",
+        flow,
+        run_id,
+        status,
+        summary.outcome(),
+    )
 
 
 def open_store(db_url: str) -> Store:
@@ -449,4 +482,14 @@ def summary_markdown(title: str, summary: RunSummary) -> str:
             else:
                 how = "from cache" if name in summary.cached_stages else "computed"
             lines.append(f"| {name} | {version} | {summary.stage_rows.get(name, 0)} | {how} |")
+    if summary.delivery is not None:
+        backlog = summary.delivery
+        lines += [
+            "",
+            "| alert deliveries | queued | retrying | unreachable | failed |",
+            "|---|---:|---:|---:|---:|",
+            f"| not accepted yet | {backlog.queued} | {backlog.retrying} | "
+            f"{backlog.unreachable} | {backlog.failed} |",
+        ]
+        lines += ["", *(f"> **Warning** {line}" for line in backlog.warnings())]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from flows._tasks import (
 )
 from pipelines._errors import FeedbackError
 from pipelines.config import config_path
-from pipelines.delivery.alerts import AlertStage
+from pipelines.delivery.alerts import AlertStage, delivery_backlog
 from pipelines.delivery.report import (
     GeneratedReport,
     generate_report,
@@ -150,6 +150,7 @@ def nightly(
             for stage in analysis_stages:
                 if isinstance(stage, AlertStage):
                     stage.deliver(context)
+                    summary.delivery = delivery_backlog(store)
         summary.report = str(write_report(store, settings, config_dir).path)
         create_markdown_artifact(
             summary_markdown(f"Nightly run `{run_id}`", summary),

@@ -44,6 +44,7 @@ from flows._tasks import (
 from flows.nightly import log_lock_wait
 from pipelines._errors import ConfigError, FeedbackError
 from pipelines.config import config_path
+from pipelines.delivery.alerts import AlertStage, delivery_backlog, rearm_alerts
 from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
@@ -124,7 +125,8 @@ def rerun(
             pipeline.yaml; ``[]`` only re-reads the sources).
         reanalyze: Save every record of the range again with the current stage versions (for a
             new model version), instead of only the records a stage never analysed.
-        resend_alerts: Mail alerts for the range's records again even if already sent.
+        resend_alerts: Mail the alerts of the range's records again, to every recipient, even
+            if already sent (with or without ``reanalyze``).
         config_dir: Folder with the YAML configuration; the embedded defaults when None.
         db: Database path or SQLAlchemy URL; overrides pipeline.yaml and ``$FEEDBACK_DB_URL``.
         read_sources: Re-read the sources first (False: only analyse what is stored).
@@ -179,14 +181,22 @@ def rerun(
             if not records.empty:
                 summary.channels = records["channel"].value_counts().to_dict()
                 summary.languages = records["lang"].value_counts().to_dict()
-            context = StageContext(
-                store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
-            )
+            # Re-armed here, not by the alerts stage: the stage only sees records it must save,
+            # which without --reanalyze are none of the records already analysed.
+            rearmed = rearm_alerts(store, record_ids=records.get("id", ())) if resend_alerts else 0
+            context = StageContext(store=store, run_id=run_id)
             analyse(records, analysis_stages, context, summary, reanalyze=reanalyze, lock=lock)
+            alert_stages = [stage for stage in analysis_stages if isinstance(stage, AlertStage)]
+            if resend_alerts and not alert_stages:
+                alert_stages = [AlertStage.from_config(config_dir)]
+            for stage in alert_stages:
+                stage.deliver(context)
+                summary.delivery = delivery_backlog(store)
         print(
             f"{sum(c.stored for c in summary.sources)} record(s) stored, "
             f"{summary.analysed} of {len(records)} in range analysed"
             + (f", from cache: {', '.join(summary.cached_stages)}" if summary.cached_stages else "")
+            + (f", {rearmed} alert(s) re-armed to be mailed again" if resend_alerts else "")
         )
         create_markdown_artifact(
             summary_markdown(f"Rerun `{run_id}`: {_describe(start, end)}", summary),

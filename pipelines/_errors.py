@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "CountBalanceError",
+    "DeliveryWarning",
     "FeedbackError",
     "ModelError",
     "SourceError",
@@ -71,3 +72,13 @@ class ModelError(FeedbackError):
     """A model folder, head or encoder is missing, corrupt or incompatible."""
 
     code = "E030"
+
+
+class DeliveryWarning(FeedbackError):
+    """Alert mail not (yet) delivered: server unreachable, or recipients refused.
+
+    Not raised (a run completes), but shown with its code in run summaries, the run's final log
+    line and ``feedback status``.
+    """
+
+    code = "E040"

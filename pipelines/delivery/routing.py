@@ -24,7 +24,7 @@ from pipelines.config import config_path, load_yaml_model
 from pipelines.ingest.language import DEFAULT_LANGUAGES, OTHER
 from pipelines.records import Channel
 
-__all__ = ["Route", "RouteMatch", "RoutingConfig", "load_routing"]
+__all__ = ["DeliverySettings", "Route", "RouteMatch", "RoutingConfig", "load_routing"]
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 _DEFAULT_ROUTE_HINT = (
@@ -121,6 +121,35 @@ class Route(BaseModel):
         return value
 
 
+class DeliverySettings(BaseModel):
+    """``delivery:`` in routing.yaml: how refused or unreachable alert mail is retried.
+
+    A recipient the server refuses (or every recipient, when the server is unreachable) is
+    retried after ``backoff_base_s``, then twice as long each time up to ``backoff_max_s``, and
+    marked failed after ``max_attempts`` tries.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=10, ge=1, le=100, description="tries per recipient")
+    backoff_base_s: float = Field(default=30.0, gt=0, description="wait after the first failure")
+    backoff_max_s: float = Field(default=3600.0, gt=0, description="longest wait between tries")
+    claim_timeout_s: float = Field(
+        default=900.0,
+        ge=60,
+        description="a delivery left claimed this long (crashed sender) is tried again",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliverySettings:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s:g}) is below backoff_base_s "
+                f"({self.backoff_base_s:g}); make it at least as long"
+            )
+        return self
+
+
 class RoutingConfig(BaseModel):
     """``configs/routing.yaml``."""
 
@@ -128,6 +157,7 @@ class RoutingConfig(BaseModel):
 
     default_sla_hours: dict[Priority, float]
     routes: list[Route] = Field(min_length=1)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     @model_validator(mode="after")
     def _complete(self) -> RoutingConfig:

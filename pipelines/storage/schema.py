@@ -24,6 +24,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "JSONText",
+    "alert_deliveries",
     "alerts",
     "aspects",
     "embeddings",
@@ -200,6 +201,24 @@ alerts = Table(
     Column("acked_at", DateTime(timezone=True)),
     Column("resolved_at", DateTime(timezone=True)),
     Column("resolution", Text),
+)
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("alert_id", String(16), primary_key=True),
+    Column("recipient", Text, primary_key=True),
+    Column("status", String(10), nullable=False, index=True, comment="pending/sending/sent/failed"),
+    Column("attempts", Integer, nullable=False),
+    Column("last_code", Integer, comment="SMTP reply code of the last failed attempt"),
+    Column("last_reply", Text, comment="SMTP reply text, or connection error, of that attempt"),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("claim", String(32), comment="token of the delivery run holding the claim"),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("message_id", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    comment="one row per alert and recipient; the alert is sent when every recipient accepted",
 )
 
 aspects = Table(

@@ -1,10 +1,25 @@
 """Alert support leads about flagged records: exactly-once mail delivery over SMTP or an outbox.
 
-``enqueue_alerts`` turns a flagged batch into rows of the ``alerts`` table (idempotent);
-``deliver_pending`` mails the due ones (P1 one per record, P2/P3 one digest per lead) through a
-``Mailer``; ``ack_alert``/``resolve_alert`` close the loop and ``response_times`` reports it.
+``enqueue_alerts`` turns a flagged batch into rows of the ``alerts`` table (idempotent), with
+one delivery row per recipient; ``deliver_pending`` mails the due ones (P1 one per record, P2/P3
+one digest per lead) through a ``Mailer``, retrying refused recipients alone;
+``delivery_backlog`` says what is not delivered yet; ``ack_alert``/``resolve_alert`` close the
+loop and ``response_times`` reports it.
 """
 
+from pipelines.delivery.alerts._delivery import (
+    ALERT_KINDS,
+    DeliveryPolicy,
+    DeliveryReport,
+    deliver_pending,
+)
+from pipelines.delivery.alerts._ledger import (
+    DeliveryBacklog,
+    delivery_backlog,
+    describe_reply,
+    rearm_alerts,
+    retry_failed,
+)
 from pipelines.delivery.alerts._mailer import (
     DEFAULT_SENDER,
     Mailer,
@@ -14,13 +29,9 @@ from pipelines.delivery.alerts._mailer import (
 )
 from pipelines.delivery.alerts._messages import build_digest_message, build_p1_message, header_safe
 from pipelines.delivery.alerts._queue import (
-    ALERT_KINDS,
     ALERT_STATUSES,
-    DeliveryPolicy,
-    DeliveryReport,
     ack_alert,
     alert_id,
-    deliver_pending,
     enqueue_alerts,
     list_alerts,
     resolve_alert,
@@ -33,6 +44,7 @@ __all__ = [
     "ALERT_STATUSES",
     "DEFAULT_SENDER",
     "AlertStage",
+    "DeliveryBacklog",
     "DeliveryPolicy",
     "DeliveryReport",
     "Mailer",
@@ -44,9 +56,13 @@ __all__ = [
     "build_digest_message",
     "build_p1_message",
     "deliver_pending",
+    "delivery_backlog",
+    "describe_reply",
     "enqueue_alerts",
     "header_safe",
     "list_alerts",
+    "rearm_alerts",
     "resolve_alert",
     "response_times",
+    "retry_failed",
 ]

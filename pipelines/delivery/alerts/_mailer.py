@@ -13,7 +13,7 @@ import os
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,13 +24,25 @@ from typing import Literal
 
 from pipelines._errors import ConfigError
 
-__all__ = ["DEFAULT_SENDER", "Mailer", "OutboxTransport", "SmtpSettings", "SmtpTransport"]
+__all__ = [
+    "DEFAULT_SENDER",
+    "Mailer",
+    "OutboxTransport",
+    "Refused",
+    "SendMessage",
+    "SmtpSettings",
+    "SmtpTransport",
+]
 
 DEFAULT_SENDER = "feedback-alerts@localhost"
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
-SendMessage = Callable[[EmailMessage], None]
+Refused = dict[str, tuple[int, str]]
+"""Recipient -> (SMTP reply code, reply text) for each recipient the server refused."""
+
+SendMessage = Callable[[EmailMessage, Sequence[str]], Refused]
+"""Sends one message to the given envelope recipients; returns the ones refused."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class SmtpTransport:
     def connect(self) -> Iterator[SendMessage]:
         """Open (and log in to) the server; yields a function sending one message.
 
+        The function returns the recipients the server refused (``smtplib`` only raises
+        when it refused all of them: ``SMTPRecipientsRefused``).
+
         Raises:
             OSError, smtplib.SMTPException: The server is unreachable or refused the login.
         """
@@ -90,7 +105,15 @@ class SmtpTransport:
                 client.starttls(context=context)
             if settings.user:
                 client.login(settings.user, settings.password or "")
-            yield client.send_message
+
+            def send(message: EmailMessage, recipients: Sequence[str]) -> Refused:
+                refused = client.send_message(message, to_addrs=list(recipients))
+                return {
+                    address: (code, reply.decode("utf-8", "replace"))
+                    for address, (code, reply) in refused.items()
+                }
+
+            yield send
         finally:
             try:
                 client.quit()
@@ -114,16 +137,21 @@ class OutboxTransport:
 
     @contextmanager
     def connect(self) -> Iterator[SendMessage]:
-        """Yields a function writing one message to ``<directory>/<time>-<message-id>.eml``."""
+        """Yields a function writing one message to ``<directory>/<time>-<message-id>.eml``.
+
+        The file carries the message as built (its ``To`` header lists the recipients); no
+        recipient is ever refused.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
 
-        def write(message: EmailMessage) -> None:
+        def write(message: EmailMessage, recipients: Sequence[str]) -> Refused:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             name = _UNSAFE_FILE_CHARS.sub("_", str(message["Message-ID"]).strip("<>"))
             target = self.directory / f"{stamp}-{name}.eml"
             partial = target.with_suffix(".eml.part")
             partial.write_bytes(message.as_bytes(policy=SMTP))
             partial.replace(target)
+            return {}
 
         yield write
 

@@ -1,56 +1,36 @@
-"""The alerts table as an exactly-once delivery queue, and the resolution loop.
+"""The alerts table (what is queued, for whom) and the resolution loop (ack, resolve, times).
 
-States: ``pending`` -> ``sending`` (claimed by one delivery run) -> ``sent``; a failed attempt
-puts the alert back to ``pending`` with ``attempts``, ``last_error`` and an exponential-backoff
-``next_attempt_at``, or to ``failed`` once ``DeliveryPolicy.max_attempts`` is reached (re-arm with
-``enqueue_alerts(..., resend=True)``). The unique key (record_id, route, kind) makes enqueueing
-idempotent, and an alert is claimed with a conditional update before it is sent, so two runs
-never send it twice. A run that dies between sending and marking leaves the alert ``sending``;
-after ``claim_timeout_s`` it is retried (the receiver can de-duplicate on the stable
-``Message-ID``).
+``enqueue_alerts`` is idempotent: the unique key (record_id, route, kind) means rerunning a batch
+queues nothing new. Each alert gets one delivery row per recipient (see ``_ledger``), which
+``deliver_pending`` (see ``_delivery``) mails exactly once per recipient.
 """
 
 from __future__ import annotations
 
 import hashlib
-import smtplib
-from collections import deque
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Row, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from pipelines.analysis.flagging import PRIORITIES, summarize
-from pipelines.delivery.alerts._mailer import Mailer
-from pipelines.delivery.alerts._messages import build_digest_message, build_p1_message
+from pipelines.delivery.alerts._ledger import DELIVERY_STATUSES, ensure_deliveries, rearm_alerts
 from pipelines.delivery.routing import RoutingConfig
 from pipelines.storage import Store, schema
 
 __all__ = [
-    "ALERT_KINDS",
     "ALERT_STATUSES",
-    "DeliveryPolicy",
-    "DeliveryReport",
     "ack_alert",
     "alert_id",
-    "deliver_pending",
     "enqueue_alerts",
     "list_alerts",
     "resolve_alert",
     "response_times",
 ]
 
-ALERT_STATUSES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
-ALERT_KINDS: tuple[str, ...] = ("p1", "digest")
+ALERT_STATUSES: tuple[str, ...] = DELIVERY_STATUSES
 _MAX_TEXT_CHARS = 5000
-_MESSAGE_LEVEL_ERRORS = (
-    smtplib.SMTPRecipientsRefused,
-    smtplib.SMTPSenderRefused,
-    smtplib.SMTPDataError,
-)
 _PAYLOAD_COLUMNS = (
     "source",
     "channel",
@@ -79,57 +59,6 @@ def alert_id(record_id: str, route: str, kind: str) -> str:
         16 hex characters.
     """
     return hashlib.sha256(f"{record_id}\x1f{route}\x1f{kind}".encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """Retry behaviour of ``deliver_pending``.
-
-    Attributes:
-        max_attempts: Failed attempts after which an alert becomes ``failed``.
-        backoff_base_s: Wait after the first failure; doubles with each further failure.
-        backoff_max_s: Upper bound of the wait.
-        claim_timeout_s: An alert left ``sending`` this long (crashed run) is retried.
-    """
-
-    max_attempts: int = 10
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 3600.0
-    claim_timeout_s: float = 900.0
-
-    def backoff(self, attempts: int) -> timedelta:
-        """Wait before the next attempt after ``attempts`` failed ones.
-
-        Args:
-            attempts: Failed attempts so far (>= 1).
-
-        Returns:
-            The delay.
-        """
-        return timedelta(seconds=min(self.backoff_base_s * 2 ** (attempts - 1), self.backoff_max_s))
-
-
-@dataclass
-class DeliveryReport:
-    """What one ``deliver_pending`` call did.
-
-    Attributes:
-        transport: Where mail went (SMTP server or outbox folder).
-        messages_sent: Mails handed to the transport.
-        alerts_sent: Alerts those mails carried.
-        alerts_retrying: Alerts whose attempt failed and that stay pending for a later call.
-        alerts_failed: Alerts that reached ``max_attempts`` in this call and are now ``failed``.
-        alerts_waiting: Pending alerts not yet due (backing off).
-        errors: Distinct error messages met.
-    """
-
-    transport: str
-    messages_sent: int = 0
-    alerts_sent: int = 0
-    alerts_retrying: int = 0
-    alerts_failed: int = 0
-    alerts_waiting: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 def _missing(value: Any) -> bool:
@@ -213,202 +142,10 @@ def enqueue_alerts(
     ids = [row["alert_id"] for row in rows]
     existing = store.existing_ids(schema.alerts, "alert_id", ids) if resend else set()
     queued = store.insert_ignore(schema.alerts, rows)
+    ensure_deliveries(store, moment, ids)
     if not existing:
         return queued
-    alerts = schema.alerts
-    with store.begin() as connection:
-        rearmed = connection.execute(
-            update(alerts)
-            .where(alerts.c.alert_id.in_(sorted(existing)), alerts.c.status.in_(("sent", "failed")))
-            .values(
-                status="pending",
-                attempts=0,
-                last_error=None,
-                next_attempt_at=None,
-                claimed_at=None,
-                generation=alerts.c.generation + 1,
-                updated_at=moment,
-            )
-        ).rowcount
-    return queued + int(rearmed)
-
-
-def _as_alert(row: Row[Any]) -> dict[str, Any]:
-    alert = dict(row._mapping)
-    alert["respond_by"] = _utc(alert["respond_by"])
-    return alert
-
-
-def _group(due: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """P1 alerts one per mail; the others one digest per set of recipients."""
-    ordered = sorted(
-        due, key=lambda alert: (PRIORITIES.index(alert["priority"]), alert["respond_by"])
-    )
-    groups: list[list[dict[str, Any]]] = [[alert] for alert in ordered if alert["kind"] == "p1"]
-    digests: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for alert in ordered:
-        if alert["kind"] != "p1":
-            digests.setdefault(tuple(sorted(alert["recipients"])), []).append(alert)
-    return groups + list(digests.values())
-
-
-def _claim(store: Store, group: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    alerts = schema.alerts
-    with store.begin() as connection:
-        claimed = set(
-            connection.execute(
-                update(alerts)
-                .where(
-                    alerts.c.alert_id.in_([alert["alert_id"] for alert in group]),
-                    alerts.c.status == "pending",
-                )
-                .values(status="sending", claimed_at=now, updated_at=now)
-                .returning(alerts.c.alert_id)
-            ).scalars()
-        )
-    return [dict(alert) for alert in group if alert["alert_id"] in claimed]
-
-
-def _mark_sent(
-    store: Store, group: Sequence[Mapping[str, Any]], message_id: str, now: datetime
-) -> None:
-    alerts = schema.alerts
-    with store.begin() as connection:
-        connection.execute(
-            update(alerts)
-            .where(alerts.c.alert_id.in_([alert["alert_id"] for alert in group]))
-            .values(
-                status="sent",
-                attempts=alerts.c.attempts + 1,
-                last_error=None,
-                next_attempt_at=None,
-                claimed_at=None,
-                sent_at=now,
-                message_id=message_id,
-                updated_at=now,
-            )
-        )
-
-
-def _record_failure(
-    store: Store,
-    group: Sequence[Mapping[str, Any]],
-    from_status: str,
-    error: BaseException,
-    now: datetime,
-    policy: DeliveryPolicy,
-    report: DeliveryReport,
-) -> None:
-    alerts = schema.alerts
-    message = f"{type(error).__name__}: {error}"[:1000]
-    if message not in report.errors:
-        report.errors.append(message)
-    with store.begin() as connection:
-        for alert in group:
-            attempts = int(alert["attempts"]) + 1
-            gave_up = attempts >= policy.max_attempts
-            changed = connection.execute(
-                update(alerts)
-                .where(alerts.c.alert_id == alert["alert_id"], alerts.c.status == from_status)
-                .values(
-                    status="failed" if gave_up else "pending",
-                    attempts=attempts,
-                    last_error=message,
-                    next_attempt_at=None if gave_up else now + policy.backoff(attempts),
-                    claimed_at=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            if changed and gave_up:
-                report.alerts_failed += 1
-            elif changed:
-                report.alerts_retrying += 1
-
-
-def deliver_pending(
-    store: Store,
-    mailer: Mailer,
-    now: datetime | None = None,
-    policy: DeliveryPolicy | None = None,
-    kinds: Collection[str] | None = None,
-) -> DeliveryReport:
-    """Send every due pending alert: P1 one mail per record, P2/P3 one digest per lead.
-
-    Safe to call as often as wanted (nightly, watch loop): an alert is sent at most once unless
-    re-armed; when the server is unreachable nothing is lost, the alerts stay pending with a
-    backoff and a later call delivers them.
-
-    Args:
-        store: The database.
-        mailer: SMTP or outbox mailer.
-        now: The current time (tests pass a later time to skip the backoff).
-        policy: Retry policy; ``DeliveryPolicy()`` when None.
-        kinds: Only alerts of these kinds (``ALERT_KINDS``), e.g. ``["p1"]`` in the watch loop
-            so digests wait for the nightly run; every kind when None.
-
-    Returns:
-        Counts of what was sent, what will be retried and what failed for good
-        (``alerts_waiting`` counts only the selected kinds).
-
-    Raises:
-        ValueError: ``kinds`` names an unknown kind.
-    """
-    unknown_kinds = sorted(set(kinds or ()) - set(ALERT_KINDS))
-    if unknown_kinds:
-        raise ValueError(f"unknown alert kind(s) {unknown_kinds}; use any of {list(ALERT_KINDS)}")
-    moment = _utc(now or datetime.now(UTC))
-    rules = policy or DeliveryPolicy()
-    report = DeliveryReport(transport=mailer.describe())
-    alerts = schema.alerts
-    with store.begin() as connection:
-        connection.execute(
-            update(alerts)
-            .where(
-                alerts.c.status == "sending",
-                alerts.c.claimed_at < moment - timedelta(seconds=rules.claim_timeout_s),
-            )
-            .values(status="pending", claimed_at=None, updated_at=moment)
-        )
-    query = select(alerts).where(alerts.c.status == "pending")
-    if kinds is not None:
-        query = query.where(alerts.c.kind.in_(sorted(set(kinds))))
-    with store.engine.connect() as connection:
-        pending = [_as_alert(row) for row in connection.execute(query)]
-    due = [
-        alert
-        for alert in pending
-        if alert["next_attempt_at"] is None or _utc(alert["next_attempt_at"]) <= moment
-    ]
-    report.alerts_waiting = len(pending) - len(due)
-    remaining = deque(_group(due))
-    if not remaining:
-        return report
-    try:
-        with mailer.connect() as send:
-            while remaining:
-                claimed = _claim(store, remaining[0], moment)
-                remaining.popleft()
-                if not claimed:
-                    continue
-                message = (
-                    build_p1_message(claimed[0], mailer.sender, moment)
-                    if claimed[0]["kind"] == "p1"
-                    else build_digest_message(claimed, mailer.sender, moment)
-                )
-                try:
-                    send(message)
-                except (OSError, smtplib.SMTPException) as error:
-                    _record_failure(store, claimed, "sending", error, moment, rules, report)
-                    if isinstance(error, _MESSAGE_LEVEL_ERRORS):
-                        continue
-                    raise
-                _mark_sent(store, claimed, str(message["Message-ID"]), moment)
-                report.messages_sent += 1
-                report.alerts_sent += len(claimed)
-    except (OSError, smtplib.SMTPException) as error:
-        unsent = [alert for group in remaining for alert in group]
-        _record_failure(store, unsent, "pending", error, moment, rules, report)
-    return report
+    return queued + rearm_alerts(store, alert_ids=existing, now=moment)
 
 
 def _resolve_reference(reference: str) -> Any:

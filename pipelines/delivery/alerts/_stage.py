@@ -8,8 +8,9 @@ from typing import ClassVar
 
 import pandas as pd
 
+from pipelines.delivery.alerts._delivery import DeliveryPolicy, DeliveryReport, deliver_pending
 from pipelines.delivery.alerts._mailer import Mailer
-from pipelines.delivery.alerts._queue import DeliveryReport, deliver_pending, enqueue_alerts
+from pipelines.delivery.alerts._queue import enqueue_alerts
 from pipelines.delivery.routing import RoutingConfig, load_routing
 from pipelines.settings import load_settings
 from pipelines.stages import Stage, StageContext
@@ -78,6 +79,7 @@ class AlertStage(Stage):
         self.last_delivery = deliver_pending(
             context.store,
             Mailer.from_env(self.outbox_dir),
+            policy=DeliveryPolicy(**self.routing.delivery.model_dump()),
             kinds=context.options.get("alert_kinds"),
         )
         return self.last_delivery
