@@ -22,7 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def bucharest_config(tmp_path: Path) -> Path:
     config = tmp_path / "configs"
     config.mkdir()
-    (config / "pipeline.yaml").write_text("timezone: Europe/Bucharest\n", encoding="utf-8")
+    (config / "pipeline.yaml").write_text(
+        "timezone: Europe/Bucharest\nstages: []\n", encoding="utf-8"
+    )
     return config
 
 

@@ -355,7 +355,7 @@ def test_report_renders_in_headless_chromium(populated: Store, tmp_path: Path) -
 def test_cli_report_regenerates_a_day(populated: Store, tmp_path: Path) -> None:
     config = tmp_path / "configs"
     config.mkdir()
-    (config / "pipeline.yaml").write_text(f"timezone: {ZONE}\n", encoding="utf-8")
+    (config / "pipeline.yaml").write_text(f"timezone: {ZONE}\nstages: []\n", encoding="utf-8")
     url = populated.url
     populated.close()
     out = tmp_path / "out"

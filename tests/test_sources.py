@@ -773,9 +773,9 @@ GOOD_ENTRY = """\
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        (GOOD_ENTRY.replace("kind: csv", "kind: xml"), ["sources.0", "'kind'", "'xml'"]),
+        (GOOD_ENTRY.replace("kind: csv", "kind: xml"), ["sources.0", "'kind'", "'csv', 'jsonl'"]),
         (GOOD_ENTRY.replace("    path: a.csv\n", ""), ["sources.0.csv.path", "Field required"]),
-        (GOOD_ENTRY + GOOD_ENTRY, ["key 'sources'", "duplicate source name 'a'"]),
+        (GOOD_ENTRY + GOOD_ENTRY, ["key 'sources'", "duplicate source name '…'"]),
         (GOOD_ENTRY.replace("channel: review", "channel: email"), ["sources.0.csv.channel"]),
         (GOOD_ENTRY.replace("text: t", "stars: t"), ["sources.0.csv.columns", "'stars'"]),
         (GOOD_ENTRY.replace("created_at: d, ", ""), ["columns.created_at is required"]),
