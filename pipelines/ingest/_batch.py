@@ -19,12 +19,19 @@ from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
 from pipelines.ingest.redact import redact
 from pipelines.ingest.sources import Rejected, SourceBatch
-from pipelines.storage import Store, schema
+from pipelines.storage import Refused, Store, schema
 
-__all__ = ["DUPLICATE_WINDOW", "SourceCounts", "ingest_batch", "prepare_records"]
+__all__ = [
+    "DB_REFUSED",
+    "DUPLICATE_WINDOW",
+    "SourceCounts",
+    "ingest_batch",
+    "prepare_records",
+]
 
 DUPLICATE_WINDOW = timedelta(days=1)
 EMPTY_AFTER_NORMALIZATION = "empty_after_normalization"
+DB_REFUSED = "db_refused"
 _RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
@@ -114,6 +121,9 @@ def _to_rows(frame: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:
 def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
     """Store one source's batch: quarantine bad rows, drop known ids, mark copy-paste spam.
 
+    A record the database refuses (a value out of its range...) is quarantined as
+    ``db_refused`` with the database's reason; the other records are stored.
+
     Args:
         batch: What the source read.
         store: Destination database.
@@ -138,14 +148,18 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
         known = store.existing_ids(schema.feedback, "id", frame["id"])
         duplicates += len(known)
         frame = frame[~frame["id"].isin(known)]
+    refused: list[Refused] = []
     if not frame.empty:
         frame = mark_duplicates(frame, DUPLICATE_WINDOW, existing=_recent_records(store, frame))
-        inserted = store.insert_ignore(schema.feedback, _to_rows(frame, run_id))
+        inserted, refused = store.insert_or_refuse(schema.feedback, _to_rows(frame, run_id))
+        _quarantine_refused(store, batch.source, run_id, refused)
+        frame = frame[~frame["id"].isin({row.row["id"] for row in refused})]
         spam = int(frame["duplicate_of"].notna().sum())
         duplicates += spam + (len(frame) - inserted)
         stored = inserted - spam
 
-    counts = SourceCounts(batch.source, batch.rows_read, stored, duplicates, len(rejected))
+    quarantined = len(rejected) + len(refused)
+    counts = SourceCounts(batch.source, batch.rows_read, stored, duplicates, quarantined)
     if counts.read != counts.stored + counts.duplicates + counts.quarantined:
         raise CountBalanceError(
             f"source {batch.source!r}: read {counts.read} != stored {counts.stored} + duplicates "
@@ -158,6 +172,24 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
             batch.source, _later(store.get_watermark(batch.source), batch.watermark)
         )
     return counts
+
+
+def _quarantine_refused(store: Store, source: str, run_id: str, refused: list[Refused]) -> None:
+    """Quarantine the records the database refused (``db_refused``, with its reason)."""
+    store.quarantine(
+        source,
+        run_id,
+        (
+            (
+                json.dumps(
+                    row.row.get("raw") or {"id": row.row["id"]}, ensure_ascii=False, default=str
+                ),
+                DB_REFUSED,
+                row.reason,
+            )
+            for row in refused
+        ),
+    )
 
 
 def _later(stored: str | None, new: str) -> str:
