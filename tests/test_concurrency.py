@@ -198,9 +198,11 @@ def test_nightly_rerun_and_watch_at_once_lose_nothing_and_mail_nothing_twice(
         quarantined = connection.execute(
             select(func.count()).select_from(schema.quarantine)
         ).scalar_one()
+        flows = set(connection.execute(select(schema.runs.c.flow)).scalars())
         alert_rows = connection.execute(
             select(alerts.c.alert_id, alerts.c.priority, alerts.c.status, alerts.c.recipients)
         ).all()
+    assert flows == {"nightly", "rerun", "watch"}  # all three really took part
     assert sorted(external_ids) == [f"{number:04d}" for number in range(expected)]
     assert stored == expected and quarantined == 0
     assert sum(row.priority == "P1" for row in alert_rows) == 2 * ROUNDS
