@@ -126,7 +126,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
         table = Table(title="Recent runs")
         for column in ("started", "flow", "status", "read", "stored", "dup", "quar", "models"):
             table.add_column(column)
-        for run_row in runs.to_dict(orient="records"):
+        for run_row in runs:
             per_source = (run_row.get("counts") or {}).get("sources", [])
             totals = pd.DataFrame(per_source).sum(numeric_only=True) if per_source else {}
             table.add_row(

@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RECORD_COLUMNS", "Channel", "FeedbackRecord", "content_id", "record_id"]
+__all__ = [
+    "RECORD_COLUMNS",
+    "Channel",
+    "FeedbackRecord",
+    "content_id",
+    "record_id",
+    "storable",
+]
+
+
+# NUL (PostgreSQL text refuses it) and lone UTF-16 surrogates (not encodable as UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` without the characters a database refuses in text, in strings at any depth.
+
+    Args:
+        value: A string, or a dict/list holding strings (``raw``, ``metadata``); anything else
+            is returned as is.
+
+    Returns:
+        The same structure with NUL characters and lone surrogates removed.
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("", value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 class Channel(StrEnum):
@@ -81,6 +112,11 @@ class FeedbackRecord(BaseModel):
     store: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     raw: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return storable(data) if isinstance(data, dict) else data
 
     @field_validator("created_at")
     @classmethod

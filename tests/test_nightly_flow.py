@@ -53,9 +53,9 @@ def ingest_only_config(tmp_path: Path) -> Path:
 
 
 def test_nightly_on_demo_data_balances_and_reruns_as_noop(
-    prefect_harness: None, ingest_only_config: Path, tmp_path: Path
+    prefect_harness: None, ingest_only_config: Path, db_url: str
 ) -> None:
-    db = str(tmp_path / "demo.duckdb")
+    db = db_url
     summary = nightly(config_dir=str(ingest_only_config), db=db)
     got = {c.source: (c.read, c.stored, c.duplicates, c.quarantined) for c in summary.sources}
     assert got == EXPECTED
@@ -89,9 +89,9 @@ def test_cli_reports_a_bad_config_key(tmp_path: Path) -> None:
 
 
 def test_cli_status_shows_runs_and_quarantine(
-    prefect_harness: None, ingest_only_config: Path, tmp_path: Path
+    prefect_harness: None, ingest_only_config: Path, db_url: str
 ) -> None:
-    db = str(tmp_path / "status.duckdb")
+    db = db_url
     runner = CliRunner()
     ingest = runner.invoke(app, ["ingest", "--config", str(ingest_only_config), "--db", db])
     assert ingest.exit_code == 0, ingest.output
@@ -103,9 +103,9 @@ def test_cli_status_shows_runs_and_quarantine(
 
 
 def test_nightly_analyses_what_an_ingest_only_run_left(
-    prefect_harness: None, ingest_only_config: Path, tmp_path: Path
+    prefect_harness: None, ingest_only_config: Path, db_url: str
 ) -> None:
-    db = str(tmp_path / "backlog.duckdb")
+    db = db_url
     nightly(config_dir=str(ingest_only_config), db=db)
     summary = nightly(config_dir=str(ingest_only_config), db=db, stages=["flagging"])
     assert sum(c.stored for c in summary.sources) == 0

@@ -27,6 +27,7 @@ from pipelines._errors import StoreError
 from pipelines.ingest import in_range
 from pipelines.ingest.sources import Rejected, SourceBatch
 from pipelines.records import Channel, FeedbackRecord
+from pipelines.settings import load_settings
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import RunLock, Store, resolve_db_url, schema
 
@@ -154,13 +155,14 @@ def _write_sources(folder: Path) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    """A config folder with two small sources (CSV reviews, JSONL posts) and no stages."""
+def workspace(tmp_path: Path, db_url: str) -> Path:
+    """A config folder with two small sources (CSV reviews, JSONL posts) and no stages, on each
+    database backend."""
     config = tmp_path / "configs"
     config.mkdir()
     _write_sources(tmp_path)
     (config / "pipeline.yaml").write_text(
-        f"database: {tmp_path / 'feedback.duckdb'}\n"
+        f"database: {db_url}\n"
         "timezone: UTC\n"
         "stages: [score]\n"
         f"reports_dir: {tmp_path / 'reports'}\n"
@@ -186,10 +188,14 @@ def workspace(tmp_path: Path) -> Path:
     return config
 
 
+def _db(config: Path) -> str:
+    """The workspace's database (path or URL)."""
+    return load_settings(config).database
+
+
 def _rows(config: Path, query: Any, db: Path | None = None) -> list[tuple[Any, ...]]:
     """Sorted rows of ``query`` on the workspace database (or ``db``)."""
-    path = db or config.parent / "feedback.duckdb"
-    with Store(path) as store, store.engine.connect() as connection:
+    with Store(db or _db(config)) as store, store.engine.connect() as connection:
         return sorted(tuple(row) for row in connection.execute(query))
 
 
@@ -218,7 +224,7 @@ def _task_states(run_id: str) -> dict[str, str]:
 def test_backfill_reprocesses_exactly_the_range(prefect_harness: None, workspace: Path) -> None:
     first = nightly(config_dir=str(workspace), stages=[])
     assert sum(c.stored for c in first.sources) == 30
-    with Store(workspace.parent / "feedback.duckdb") as store:
+    with Store(_db(workspace)) as store:
         watermark = store.get_watermark("reviews")
     # A late delivery: rows created on 4 and 8 November arrive after the watermark passed them.
     late = _review_rows([date(2026, 11, 4), date(2026, 11, 8)], offset=500)
@@ -242,7 +248,7 @@ def test_backfill_reprocesses_exactly_the_range(prefect_harness: None, workspace
     assert scored == in_range_ids
     all_ids = {row[0] for row in _rows(workspace, select(schema.feedback.c.id))}
     assert len(all_ids) == 32  # the late row of 8 November is outside the range: not stored
-    with Store(workspace.parent / "feedback.duckdb") as store:
+    with Store(_db(workspace)) as store:
         assert store.get_watermark("reviews") == watermark
 
 
@@ -344,7 +350,7 @@ def test_concurrent_nightly_and_rerun_match_sequential_runs(
     rerun(since=since, config_dir=str(workspace), db=str(sequential_db))
     ScoreStage.calls.clear()
     # Hold the lock until both flows wait for it, so that they really meet there.
-    blocker = RunLock(open_store(resolve_db_url(workspace.parent / "feedback.duckdb")), "t", "test")
+    blocker = RunLock(open_store(resolve_db_url(_db(workspace))), "t", "test")
     blocker.acquire()
     results: dict[str, Any] = {}
 

@@ -121,8 +121,9 @@ def append(path: Path, *posts: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def social_config(tmp_path: Path) -> Path:
-    """Embedded rules and routing, one JSONL social source, a tmp database and outbox."""
+def social_config(tmp_path: Path, db_url: str) -> Path:
+    """Embedded rules and routing, one JSONL social source, a fresh database (each backend) and
+    a tmp outbox."""
     config_dir = tmp_path / "configs"
     shutil.copytree(DEFAULT_CONFIG_DIR, config_dir)
     (config_dir / "sources.yaml").write_text(
@@ -146,7 +147,7 @@ sources:
     )
     (config_dir / "pipeline.yaml").write_text(
         f"""
-database: {tmp_path / "feedback.duckdb"}
+database: {db_url}
 stages: {json.dumps(analysis_stages())}
 outbox_dir: {tmp_path / "outbox"}
 reports_dir: {tmp_path / "reports"}
@@ -201,6 +202,7 @@ def test_watch_mails_p1_at_once_then_only_new_posts(
     assert flows == ["watch", "watch"]  # the idle poll leaves no run row
 
 
+@pytest.mark.parametrize("db_url", ["duckdb"], indirect=True)
 def test_watch_releases_the_duckdb_file_between_polls(
     inbox: Inbox, social_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

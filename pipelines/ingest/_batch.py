@@ -35,9 +35,10 @@ from pipelines.ingest.sources import (
     Source,
     SourceBatch,
 )
-from pipelines.storage import Store, schema
+from pipelines.storage import Refused, Store, schema
 
 __all__ = [
+    "DB_REFUSED",
     "DUPLICATE_WINDOW",
     "OUT_OF_RANGE",
     "SourceCounts",
@@ -53,6 +54,7 @@ OUT_OF_RANGE = "out_of_range"
 """Skip reason: a row created outside the date range a run asked for (rerun, --since)."""
 _WORKER_MIN_BYTES = 16 * 2**20
 _QUEUED_CHUNKS = 2
+DB_REFUSED = "db_refused"
 _RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
@@ -183,13 +185,16 @@ def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int,
         known = store.existing_ids(schema.feedback, "id", frame["id"])
         duplicates += len(known)
         frame = frame[~frame["id"].isin(known)]
+    refused: list[Refused] = []
     if not frame.empty:
         frame = mark_duplicates(frame, DUPLICATE_WINDOW, existing=_recent_records(store, frame))
-        inserted = store.insert_ignore(schema.feedback, _to_rows(frame, run_id))
+        inserted, refused = store.insert_or_refuse(schema.feedback, _to_rows(frame, run_id))
+        _quarantine_refused(store, chunk.source, run_id, refused)
+        frame = frame[~frame["id"].isin({row.row["id"] for row in refused})]
         spam = int(frame["duplicate_of"].notna().sum())
         duplicates += spam + (len(frame) - inserted)
         stored = inserted - spam
-    return stored, duplicates, len(rejected)
+    return stored, duplicates, len(rejected) + len(refused)
 
 
 def _prepare_in_worker(
@@ -407,3 +412,21 @@ def ingest_source(
     if watermark is not None:
         store.set_watermark(source.name, watermark)
     return counts
+
+
+def _quarantine_refused(store: Store, source: str, run_id: str, refused: list[Refused]) -> None:
+    """Quarantine the records the database refused (``db_refused``, with its reason)."""
+    store.quarantine(
+        source,
+        run_id,
+        (
+            (
+                json.dumps(
+                    row.row.get("raw") or {"id": row.row["id"]}, ensure_ascii=False, default=str
+                ),
+                DB_REFUSED,
+                row.reason,
+            )
+            for row in refused
+        ),
+    )

@@ -15,7 +15,7 @@ from pipelines.storage._locks import (
     pipeline_lock,
 )
 from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
-from pipelines.storage._store import DEFAULT_DB_PATH, Store, resolve_db_url
+from pipelines.storage._store import DEFAULT_DB_PATH, Refused, Store, resolve_db_url
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_WAIT",
     "PIPELINE_LOCK",
     "LockHolder",
+    "Refused",
     "RunLock",
     "Store",
     "finish_run",

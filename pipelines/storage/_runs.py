@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import select, update
 
 from pipelines.storage import schema
@@ -92,9 +91,9 @@ def mark_crashed(store: Store, message: str, keep: str | None = None) -> list[st
     return crashed
 
 
-def recent_runs(store: Store, limit: int = 10) -> pd.DataFrame:
-    """The latest runs, newest first."""
+def recent_runs(store: Store, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest runs, newest first: one dict per ``runs`` row, NULL as None."""
     table = schema.runs
     query = select(table).order_by(table.c.started_at.desc()).limit(limit)
     with store.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
+        return [dict(row) for row in connection.execute(query).mappings()]

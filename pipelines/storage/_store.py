@@ -5,25 +5,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
 import pandas as pd
 from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from pipelines._errors import StoreError
 from pipelines._secrets import mask_credentials
+from pipelines.records import storable
 from pipelines.storage import schema
 from pipelines.storage._connect import create_store_engine
 
-__all__ = ["DEFAULT_DB_PATH", "Store", "resolve_db_url"]
+__all__ = ["DEFAULT_DB_PATH", "Refused", "Store", "resolve_db_url"]
 
 DEFAULT_DB_PATH = Path("data/feedback.duckdb")
 DB_URL_ENV = "FEEDBACK_DB_URL"
@@ -55,6 +59,30 @@ def _duckdb_file(url: str) -> Path:
     return Path(url.removeprefix("duckdb:///"))
 
 
+# Errors that blame the values of a row (too long, out of range, NULL in a NOT NULL column...),
+# as opposed to the database being unreachable; DuckDB's come unwrapped from ``_duckdb_insert``.
+_ROW_ERRORS = (DataError, IntegrityError, duckdb.DataError, duckdb.IntegrityError)
+_QUOTED_OR_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|(?<=value )\S+")
+
+
+def _refusal(exc: Exception) -> str:
+    """The database's reason for refusing a row, without the row's values (they may be PII)."""
+    error = getattr(exc, "orig", None) or exc
+    diag = getattr(error, "diag", None)
+    if diag is not None and diag.message_primary:
+        return f"{diag.sqlstate}: {diag.message_primary}"
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return _QUOTED_OR_VALUE.sub("...", first_line)[:300]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A row the database would not store, with its reason (no data values quoted)."""
+
+    row: Mapping[str, Any]
+    reason: str
+
+
 class Store:
     """Thin facade over the database: schema creation, idempotent upserts and the few queries
     every stage needs.
@@ -75,7 +103,7 @@ class Store:
         try:
             self.engine: Engine = create_store_engine(self.url, self.read_only)
             if not self.read_only:
-                schema.metadata.create_all(self.engine)
+                schema.create_schema(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open database {mask_credentials(repr(self.url))}: "
@@ -123,6 +151,31 @@ class Store:
                 connection.execute(statement, list(rows))
             after = connection.execute(select(func.count()).select_from(table)).scalar_one()
         return int(after - before)
+
+    def insert_or_refuse(
+        self, table: Table, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[int, list[Refused]]:
+        """``insert_ignore``, except that rows the database refuses do not fail the others.
+
+        A refused batch is split in halves until the refused rows are alone, so a batch with
+        ``k`` bad rows among ``n`` costs about ``2 k log2(n)`` extra inserts.
+
+        Args:
+            table: Target table.
+            rows: Column -> value mappings.
+
+        Returns:
+            Rows inserted, and the rows refused with the database's reason.
+        """
+        try:
+            return self.insert_ignore(table, rows), []
+        except _ROW_ERRORS as exc:
+            if len(rows) == 1:
+                return 0, [Refused(rows[0], _refusal(exc))]
+        middle = len(rows) // 2
+        first, first_refused = self.insert_or_refuse(table, rows[:middle])
+        second, second_refused = self.insert_or_refuse(table, rows[middle:])
+        return first + second, first_refused + second_refused
 
     def upsert(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows, replacing the non-key columns of rows whose primary key exists.
@@ -179,7 +232,10 @@ class Store:
             target = f'"{table.name}" ({quoted})'
             duck.execute(f"INSERT OR {on_conflict} INTO {target} SELECT {quoted} FROM {view}")
         finally:
-            duck.unregister(view)
+            # After a refused row DuckDB allows nothing but ROLLBACK; the view goes with the
+            # connection then.
+            with suppress(duckdb.TransactionException):
+                duck.unregister(view)
 
     def existing_ids(self, table: Table, column: str, values: Iterable[str]) -> set[str]:
         """Which of ``values`` are already present in ``table.column``."""
@@ -214,7 +270,8 @@ class Store:
         Args:
             source: Source name.
             run_id: Current run.
-            rows: ``(raw_row_text, reason, detail)`` triples.
+            rows: ``(raw_row_text, reason, detail)`` triples; characters a database refuses
+                (NUL...) are removed first.
 
         Returns:
             Number of rows newly quarantined (a row quarantined by an earlier run is not repeated).
@@ -229,7 +286,7 @@ class Store:
                 "raw": raw,
                 "created_at": _now(),
             }
-            for raw, reason, detail in rows
+            for raw, reason, detail in (storable(row) for row in rows)
         ]
         return self.insert_ignore(schema.quarantine, records)
 

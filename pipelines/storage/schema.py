@@ -1,6 +1,7 @@
 """SQLAlchemy Core schema: one ``MetaData`` for every table the pipeline writes.
 
-JSON is stored as text (``JSONText``) so the same schema works on DuckDB and PostgreSQL.
+JSON is stored as text (``JSONText``) so the same schema works on DuckDB and PostgreSQL. Free text
+(author, product, store...) is unbounded ``Text``; only ids and codes are bounded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
+    Engine,
     Float,
     Integer,
     LargeBinary,
@@ -19,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -27,6 +31,7 @@ __all__ = [
     "alert_deliveries",
     "alerts",
     "aspects",
+    "create_schema",
     "embeddings",
     "feedback",
     "flags",
@@ -76,12 +81,12 @@ feedback = Table(
     Column("nps", Integer),
     Column("customer_id", String(200)),
     Column("customer_value", Float),
-    Column("author", String(200)),
+    Column("author", Text),
     Column("author_followers", Integer),
-    Column("platform", String(50)),
+    Column("platform", Text),
     Column("url", Text),
-    Column("product", String(200)),
-    Column("store", String(200)),
+    Column("product", Text),
+    Column("store", Text),
     Column("metadata", JSONText),
     Column("raw", JSONText, comment="source row as read, for audit"),
     Column("text_hash", String(32), nullable=False, comment="hash of the analysis text"),
@@ -250,14 +255,14 @@ topics = Table(
     Column("topic_id", Integer, primary_key=True, comment="stable across refits; -1 unassigned"),
     Column("keywords", JSONText, nullable=False),
     Column("size", Integer, nullable=False, comment="records in the fitting window"),
-    Column("auto_label", String(200), nullable=False),
+    Column("auto_label", Text, nullable=False),
 )
 
 topic_labels = Table(
     "topic_labels",
     metadata,
     Column("topic_id", Integer, primary_key=True, autoincrement=False),
-    Column("label", String(200), nullable=False),
+    Column("label", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -293,3 +298,46 @@ run_locks = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, comment="lease end; renewed"),
     Column("holder", Text, nullable=True, comment="host:pid:start of the process holding it"),
 )
+
+
+# Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.
+_SCHEMA_LOCK_KEY = 0x46454544_0001
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the missing tables, safely when several processes do it at once.
+
+    On PostgreSQL, ``create_all`` runs in one transaction under a transaction-scoped advisory
+    lock (two first runs at once would otherwise both try to create the same tables), and free
+    text columns an older schema made ``VARCHAR(n)`` are widened to ``TEXT``. DuckDB needs
+    neither: a file has one writing process at a time and it does not enforce lengths.
+
+    Args:
+        engine: The database.
+    """
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+            )
+        metadata.create_all(connection)
+        if engine.dialect.name == "postgresql":
+            _widen_text_columns(connection)
+
+
+def _widen_text_columns(connection: Connection) -> None:
+    bounded = connection.execute(
+        text(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND data_type = 'character varying'"
+        )
+    ).all()
+    for table_name, column_name in bounded:
+        table = metadata.tables.get(table_name)
+        if table is None or column_name not in table.c:
+            continue
+        column_type = table.c[column_name].type
+        if isinstance(column_type, Text | JSONText):
+            connection.execute(
+                text(f'ALTER TABLE "{table_name}" ALTER COLUMN "{column_name}" TYPE TEXT')
+            )

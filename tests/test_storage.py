@@ -1,0 +1,164 @@
+"""Storage on DuckDB and on a real PostgreSQL: values the database refuses, concurrent schema
+creation, ``feedback status``. Every test runs once per backend (the ``db_url`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.ingest import ingest_batch
+from pipelines.ingest.sources import load_sources
+from pipelines.storage import Store, finish_run, schema, start_run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LONG = 300
+TOO_MANY_FOLLOWERS = 3_000_000_000  # over a 32-bit INTEGER on both backends
+
+
+def _jsonl_source(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
+    (tmp_path / "rows.jsonl").write_text(
+        "\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8"
+    )
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            data_dir: .
+            sources:
+              - name: edge
+                kind: jsonl
+                channel: social
+                path: rows.jsonl
+                columns: {external_id: id, created_at: ts, text: body, author: author,
+                          product: product, store: store, author_followers: followers}
+            """
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_bad_values_are_cleaned_or_quarantined_and_never_stop_the_batch(
+    db_url: str, tmp_path: Path
+) -> None:
+    rows: list[dict[str, object]] = [
+        {"id": f"ok{i}", "ts": f"2026-11-01T10:{i:02d}:00Z", "body": f"fine number {i}"}
+        for i in range(40)
+    ]
+    rows += [
+        {
+            "id": "nul",
+            "ts": "2026-11-01T11:00:00Z",
+            "body": "nul \u0000 in text",
+            "author": "b\u0000b",
+        },
+        {"id": "surrogate", "ts": "2026-11-01T11:01:00Z", "body": "lone \ud800 half", "store": "s"},
+        {
+            "id": "long",
+            "ts": "2026-11-01T11:02:00Z",
+            "body": "long fields",
+            "author": "a" * LONG,
+            "product": "p" * LONG,
+            "store": "s" * LONG,
+        },
+        {
+            "id": "huge",
+            "ts": "2026-11-01T11:03:00Z",
+            "body": "too many followers",
+            "author": "celebrity",
+            "followers": TOO_MANY_FOLLOWERS,
+        },
+    ]
+    (source,) = load_sources(_jsonl_source(tmp_path, rows))
+    with Store(db_url) as store:
+        counts = ingest_batch(source.read(None), store, "run-1")
+        assert (counts.read, counts.stored, counts.duplicates, counts.quarantined) == (44, 43, 0, 1)
+        feedback = schema.feedback
+        with store.engine.connect() as connection:
+            stored = {
+                row.external_id: row
+                for row in connection.execute(select(feedback)).all()
+                if row.external_id in {"nul", "surrogate", "long"}
+            }
+            (refused,) = connection.execute(select(schema.quarantine)).all()
+    assert stored["nul"].author == "bb" and "\x00" not in stored["nul"].text
+    assert "\ud800" not in stored["surrogate"].text
+    assert (len(stored["long"].author), len(stored["long"].product)) == (LONG, LONG)
+    assert len(stored["long"].store) == LONG
+    assert refused.reason == "db_refused" and refused.source == "edge"
+    assert json.loads(refused.raw)["id"] == "huge"
+    assert str(TOO_MANY_FOLLOWERS) not in refused.detail and "celebrity" not in refused.detail
+    assert refused.detail
+
+
+def test_status_lists_failed_and_completed_runs(db_url: str) -> None:
+    with Store(db_url) as store:
+        start_run(store, "run-failed", "nightly", {})
+        finish_run(store, "run-failed", "failed", {}, None, "boom")
+        start_run(store, "run-ok", "nightly", {})
+        finish_run(store, "run-ok", "completed", {"sources": [{"read": 3, "stored": 3}]})
+    result = CliRunner().invoke(app, ["status", "--db", db_url])
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.output and "failed: boom" in result.output
+
+
+_OPEN_WHEN_TOLD = """
+import sys, time
+from pipelines._errors import StoreError
+from pipelines.storage import Store
+print("ready", flush=True)
+sys.stdin.read()
+while True:
+    try:
+        Store(sys.argv[1]).close()
+        break
+    except StoreError as exc:
+        # DuckDB: one process holds the file at a time; waiting for it is the serialisation.
+        if "Could not set lock" not in str(exc):
+            raise
+        time.sleep(0.05)
+"""
+
+
+def test_processes_creating_the_schema_at_once_all_succeed(db_url: str) -> None:
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_WHEN_TOLD, db_url],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for process in processes:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    for process in processes:  # all imported: go at once
+        assert process.stdin is not None
+        process.stdin.close()
+    codes = [process.wait(timeout=120) for process in processes]
+    assert codes == [0] * 3, [process.stderr.read() for process in processes if process.stderr]
+    with Store(db_url) as store:
+        assert set(inspect(store.engine).get_table_names()) >= set(schema.metadata.tables)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_an_older_schema_with_bounded_free_text_is_widened(db_url: str) -> None:
+    with Store(db_url) as store, store.begin() as connection:
+        connection.execute(text("ALTER TABLE feedback ALTER COLUMN author TYPE VARCHAR(200)"))
+    with Store(db_url) as store:
+        columns = {
+            column["name"]: column["type"]
+            for column in inspect(store.engine).get_columns("feedback")
+        }
+    assert getattr(columns["author"], "length", None) is None
+    assert columns["id"].length == 32
