@@ -11,6 +11,7 @@ __all__ = [
     "CountBalanceError",
     "FeedbackError",
     "ModelError",
+    "PrivacyError",
     "SourceError",
     "StoreError",
 ]
@@ -60,3 +61,9 @@ class ModelError(FeedbackError):
     """A model folder, head or encoder is missing, corrupt or incompatible."""
 
     code = "E030"
+
+
+class PrivacyError(ConfigError):
+    """Personal-data settings are invalid (pseudonym key, ``keep_in_clear``)."""
+
+    code = "E050"

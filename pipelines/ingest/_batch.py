@@ -1,6 +1,8 @@
 """From a source batch to stored, normalized, language-tagged records; every row accounted for.
 
 rows read = stored + duplicates + quarantined, per source and run; anything else raises.
+Records arrive protected by their source (``pipelines.ingest.privacy``); here the text and title
+become their redacted analysis form and quarantined rows are redacted before they are stored.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pipelines._errors import CountBalanceError
 from pipelines.ingest.dedupe import mark_duplicates, text_hash
 from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
+from pipelines.ingest.privacy import scrub_quarantined
 from pipelines.ingest.redact import redact
 from pipelines.ingest.sources import Rejected, SourceBatch
 from pipelines.storage import Store, schema
@@ -127,7 +130,7 @@ def ingest_batch(batch: SourceBatch, store: Store, run_id: str) -> SourceCounts:
     """
     frame, empty_rows = prepare_records(batch)
     rejected = [*batch.rejected, *empty_rows]
-    store.quarantine(batch.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
+    store.quarantine(batch.source, run_id, (scrub_quarantined(*row) for row in rejected))
 
     duplicates = 0
     stored = 0

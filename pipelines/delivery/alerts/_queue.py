@@ -58,6 +58,7 @@ _PAYLOAD_COLUMNS = (
     "url",
     "text",
     "author",
+    "customer_id",
     "product",
     "store",
     "lang",
