@@ -24,7 +24,7 @@ sources:
     channel: social
     path: posts.jsonl
     columns: {external_id: id, created_at: at, text: text, author: user.handle,
-              customer_id: customer}
+              customer_id: customer, url: link}
     metadata_columns: [device]
 """
 
@@ -46,6 +46,7 @@ def _post(post_id: str, minute: int, handle: str = "@ayse_k") -> dict[str, Any]:
         "user": {"handle": handle, "email": "ayse.k@example.com", "name": "Ayşe Kaya"},
         "customer": "ayse.k@example.com",
         "device": "iPhone, call me on 0532 123 45 67",
+        "link": f"https://social.example/{handle.upper()}/status/{post_id}",
         "unmapped": "Ayşe Kaya",
     }
 
@@ -58,7 +59,7 @@ def test_pseudonymised_authors_still_catch_copy_paste_spam(tmp_path: Path, store
     table = schema.feedback
     with store.engine.connect() as connection:
         rows = connection.execute(
-            select(table.c.author, table.c.customer_id, table.c.metadata, table.c.raw)
+            select(table.c.author, table.c.customer_id, table.c.url, table.c.metadata, table.c.raw)
         ).all()
     assert {row.author for row in rows} == {
         pseudonym("AUTHOR", "@ayse_k"),
@@ -67,7 +68,8 @@ def test_pseudonymised_authors_still_catch_copy_paste_spam(tmp_path: Path, store
     assert {row.customer_id for row in rows} == {pseudonym("CUSTOMER", "ayse.k@example.com")}
     first = rows[0]
     assert first.metadata == {"device": "iPhone, call me on [PHONE]"}
-    assert set(first.raw) == {"id", "at", "text", "user.handle", "customer", "device"}
+    assert first.url == f"https://social.example/{first.author}/status/1"
+    assert set(first.raw) == {"id", "at", "text", "user.handle", "customer", "device", "link"}
     stored = json.dumps([tuple(row) for row in rows], ensure_ascii=False, default=str)
     for clear in ("ayse", "Ayşe", "0532", "@example.com"):
         assert clear not in stored

@@ -13,12 +13,15 @@ built (``RowMapper`` calls ``RecordPrivacy.protect``), before anything keeps it:
   unless ``redact`` finds an identifier in them (an e-mail used as customer id): then a
   pseudonym, ``[CUSTOMER:...]`` or ``[ID:...]``. Record ids are computed before, from the
   value as read, so they do not change.
-* ``url``, ``product``, ``store``, ``platform``: identifiers replaced by placeholders.
+* ``url``, ``product``, ``store``, ``platform``: identifiers replaced by placeholders, and a
+  pseudonymised value found inside them (the author's handle in a profile URL) by its pseudonym.
 * ``metadata`` and ``raw``: ``raw`` keeps, for audit, the configured columns of the source row
   (``columns``, ``metadata_columns``, ``answer_columns``; unmapped columns are dropped), redacted
-  the same way as the text: every string through ``normalize_text`` and ``redact``, every number
-  that reads as an identifier too, and a value equal to a pseudonymised field becomes its
-  pseudonym. ``metadata`` is redacted the same way.
+  like the text: every identifier ``redact`` finds, after ``normalize_text`` wherever
+  normalizing could reveal one (markup, entities, invisible characters, runs of whitespace;
+  other strings stay as read), becomes its placeholder; so does a number that reads as an
+  identifier; a pseudonymised field's value (whole, or inside a string when 4+ characters
+  long) becomes its pseudonym. ``metadata`` is redacted the same way.
 * quarantined rows (``scrub_quarantined``): the line (a JSON line is decoded, redacted value by
   value and re-encoded) and the detail are redacted.
 
@@ -33,10 +36,12 @@ free text is not recognised, nor one in a quarantined row (whose columns are unk
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -61,6 +66,14 @@ KEEPABLE_FIELDS: tuple[str, ...] = ("author",)
 """Fields a source may keep readable with ``keep_in_clear`` (identifiers inside still go)."""
 
 _MIN_KEY_CHARS = 16
+# Every identifier ``redact`` knows has a digit or an "@"; "&" may hide one (``&commat;``).
+_MAY_HOLD_IDENTIFIER = re.compile(r"[\d@&]")
+# What ``normalize_text`` undoes and could hide an identifier from ``redact``: markup and
+# entities, invisible and control characters, Arabic separators, runs of whitespace.
+_HIDES_IDENTIFIERS = re.compile(
+    r"[&<\u00ad\u0640\u066b\u066c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+    r"\x00-\x1f\x7f-\x9f]|\s{2,}|[^\S ]"
+)
 _BUILT_IN_KEY = b"feedback-pipeline/pseudonyms/v1"
 _PSEUDONYM_HEX = 16
 _REDACTED_FIELDS = ("url", "product", "store", "platform")
@@ -109,33 +122,75 @@ def scrub_text(text: str) -> str:
     return redact(normalize_text(text)).text
 
 
+class _Pseudonyms:
+    """Clear value -> pseudonym: whole values, and inside text for values of 4+ characters
+    (a handle in a profile URL), matched case-insensitively."""
+
+    def __init__(self, replacements: Mapping[str, str]) -> None:
+        self.exact = {clear.strip(): stored for clear, stored in replacements.items()}
+        inside = sorted((clear for clear in self.exact if len(clear) >= 4), key=len, reverse=True)
+        self.pattern = (
+            re.compile("|".join(re.escape(clear) for clear in inside), re.IGNORECASE)
+            if inside
+            else None
+        )
+        self.folded = {clear.casefold(): stored for clear, stored in self.exact.items()}
+
+    def whole(self, value: str) -> str | None:
+        return self.exact.get(value.strip())
+
+    def inside(self, text: str) -> str:
+        if self.pattern is None:
+            return text
+        return self.pattern.sub(lambda match: self.folded[match.group(0).casefold()], text)
+
+
+def _scrub_string(value: str) -> str:
+    """``value`` without identifiers, kept as read where normalizing cannot reveal one."""
+    if not _MAY_HOLD_IDENTIFIER.search(value):
+        return value
+    if _HIDES_IDENTIFIERS.search(value):
+        return scrub_text(value)
+    return redact(value).text
+
+
+@functools.lru_cache(maxsize=4096)
+def _scrub_key(key: str) -> str:
+    return _scrub_string(key)
+
+
+def _scrub(value: Any, known: _Pseudonyms) -> Any:
+    if isinstance(value, Mapping):
+        return {_scrub_key(str(key)): _scrub(item, known) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item, known) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        if (whole := known.whole(value)) is not None:
+            return whole
+        return _scrub_string(known.inside(value))
+    if isinstance(value, int | float):
+        number = str(value)
+        redacted = redact(number)
+        return known.whole(number) or (redacted.text if redacted.counts else value)
+    return value
+
+
 def scrub_value(value: Any, replacements: Mapping[str, str] | None = None) -> Any:
     """A JSON value with every identifier redacted, recursively (keys included).
 
     Args:
         value: A JSON-ready value (dicts, lists, strings, numbers...).
-        replacements: Exact values (stripped) -> what to store instead (pseudonyms).
+        replacements: Clear values -> what to store instead (pseudonyms); a whole value is
+            replaced, and a clear value of 4+ characters also inside strings.
 
     Returns:
-        The same structure; strings scrubbed with ``scrub_text`` unless replaced, numbers turned
-        into the placeholder string when they read as an identifier, other types unchanged.
+        The same structure; strings scrubbed with ``scrub_text`` after the replacements, numbers
+        turned into the placeholder string when they read as an identifier, other types
+        unchanged.
     """
-    known = replacements or {}
-    if isinstance(value, Mapping):
-        return {scrub_text(str(key)): scrub_value(item, known) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub_value(item, known) for item in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, str):
-        return known.get(value.strip()) or scrub_text(value)
-    if isinstance(value, int | float):
-        number = str(value)
-        if number in known:
-            return known[number]
-        redacted = redact(number)
-        return redacted.text if redacted.counts else value
-    return value
+    return _scrub(value, _Pseudonyms(replacements or {}))
 
 
 def scrub_quarantined(raw: str, reason: str, detail: str | None) -> tuple[str, str, str | None]:
@@ -217,10 +272,11 @@ class RecordPrivacy:
             value = getattr(record, name)
             if value is not None and redact(value).counts:
                 updates[name] = replacements[value.strip()] = pseudonym(kind, value)
+        known = _Pseudonyms(replacements)
         for name in _REDACTED_FIELDS:
             value = getattr(record, name)
             if value is not None:
-                updates[name] = redact(value).text
-        updates["metadata"] = scrub_value(record.metadata, replacements)
-        updates["raw"] = scrub_value(record.raw, replacements)
+                updates[name] = redact(known.inside(value)).text
+        updates["metadata"] = _scrub(record.metadata, known)
+        updates["raw"] = _scrub(record.raw, known)
         return record.model_copy(update=updates)
