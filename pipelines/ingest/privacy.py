@@ -68,6 +68,9 @@ KEEPABLE_FIELDS: tuple[str, ...] = ("author",)
 _MIN_KEY_CHARS = 16
 # Every identifier ``redact`` knows has a digit or an "@"; "&" may hide one (``&commat;``).
 _MAY_HOLD_IDENTIFIER = re.compile(r"[\d@&]")
+_ISO_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
 # What ``normalize_text`` undoes and could hide an identifier from ``redact``: markup and
 # entities, invisible and control characters, Arabic separators, runs of whitespace.
 _HIDES_IDENTIFIERS = re.compile(
@@ -123,31 +126,43 @@ def scrub_text(text: str) -> str:
 
 
 class _Pseudonyms:
-    """Clear value -> pseudonym: whole values, and inside text for values of 4+ characters
-    (a handle in a profile URL), matched case-insensitively."""
+    """Clear value -> what is stored instead: whole values, and, for pseudonyms of 4+ characters,
+    inside text too (a handle in a profile URL), matched case-insensitively.
 
-    def __init__(self, replacements: Mapping[str, str]) -> None:
-        self.exact = {clear.strip(): stored for clear, stored in replacements.items()}
-        inside = sorted((clear for clear in self.exact if len(clear) >= 4), key=len, reverse=True)
-        self.pattern = (
-            re.compile("|".join(re.escape(clear) for clear in inside), re.IGNORECASE)
-            if inside
-            else None
-        )
-        self.folded = {clear.casefold(): stored for clear, stored in self.exact.items()}
+    Args:
+        replacements: Clear value -> pseudonym.
+        checked: Values already found free of identifiers, stored as they are.
+    """
+
+    def __init__(self, replacements: Mapping[str, str], checked: Collection[str] = ()) -> None:
+        self.exact = {value.strip(): value.strip() for value in checked}
+        self.exact |= {clear.strip(): stored for clear, stored in replacements.items()}
+        longest_first = sorted(replacements.items(), key=lambda pair: -len(pair[0].strip()))
+        self.pairs = [
+            (clear.strip().lower(), stored)
+            for clear, stored in longest_first
+            if len(clear.strip()) >= 4
+        ]
 
     def whole(self, value: str) -> str | None:
         return self.exact.get(value.strip())
 
     def inside(self, text: str) -> str:
-        if self.pattern is None:
-            return text
-        return self.pattern.sub(lambda match: self.folded[match.group(0).casefold()], text)
+        for clear, stored in self.pairs:
+            lowered = text.lower()
+            if len(lowered) != len(text):  # lower() changed lengths (İ): let re align the match
+                text = re.sub(re.escape(clear), stored, text, flags=re.IGNORECASE)
+                continue
+            start = lowered.find(clear)
+            while start != -1:
+                text = text[:start] + stored + text[start + len(clear) :]
+                start = text.lower().find(clear, start + len(stored))
+        return text
 
 
 def _scrub_string(value: str) -> str:
     """``value`` without identifiers, kept as read where normalizing cannot reveal one."""
-    if not _MAY_HOLD_IDENTIFIER.search(value):
+    if not _MAY_HOLD_IDENTIFIER.search(value) or _ISO_TIMESTAMP.fullmatch(value):
         return value
     if _HIDES_IDENTIFIERS.search(value):
         return scrub_text(value)
@@ -261,6 +276,7 @@ class RecordPrivacy:
             A copy safe to store.
         """
         replacements: dict[str, str] = {}
+        checked: list[str] = []
         updates: dict[str, Any] = {}
         if record.author is not None:
             if "author" in self.keep_in_clear:
@@ -272,7 +288,9 @@ class RecordPrivacy:
             value = getattr(record, name)
             if value is not None and redact(value).counts:
                 updates[name] = replacements[value.strip()] = pseudonym(kind, value)
-        known = _Pseudonyms(replacements)
+            elif value is not None:
+                checked.append(value)
+        known = _Pseudonyms(replacements, checked)
         for name in _REDACTED_FIELDS:
             value = getattr(record, name)
             if value is not None:
