@@ -257,7 +257,7 @@ def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = (
             nothing stored is left unanalysed.
 
     Returns:
-        One row per record, with the ``feedback`` table's columns.
+        One row per record, with the ``feedback`` table's columns but ``raw``.
     """
     table, results = schema.feedback, schema.stage_results
     scope = table.c.run_id == run_id
@@ -265,7 +265,9 @@ def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = (
         scope = scope | ~exists().where(
             results.c.record_id == table.c.id, results.c.stage == stage_name
         )
-    query = select(table).where(scope, table.c.duplicate_of.is_(None))
+    # ``raw`` is audit data no stage reads: it stays out of the stage results Prefect keeps.
+    columns = [column for column in table.c if column.name != "raw"]
+    query = select(*columns).where(scope, table.c.duplicate_of.is_(None))
     with store.engine.connect() as connection:
         return pd.DataFrame(connection.execute(query).mappings().all())
 

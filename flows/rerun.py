@@ -85,10 +85,11 @@ def load_range_records(
         sources: Only these sources, or all.
 
     Returns:
-        Rows of ``feedback``, oldest first.
+        Rows of ``feedback`` (without ``raw``), oldest first.
     """
     table = schema.feedback
-    query = select(table).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
+    columns = [column for column in table.c if column.name != "raw"]  # audit data, unused
+    query = select(*columns).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
     if end is not None:
         query = query.where(table.c.created_at < end)
     if sources is not None:

@@ -12,6 +12,7 @@ __all__ = [
     "DeliveryWarning",
     "FeedbackError",
     "ModelError",
+    "PrivacyError",
     "SourceError",
     "StoreError",
 ]
@@ -82,3 +83,9 @@ class DeliveryWarning(FeedbackError):
     """
 
     code = "E040"
+
+
+class PrivacyError(ConfigError):
+    """Personal-data settings are invalid (pseudonym key, ``keep_in_clear``)."""
+
+    code = "E050"

@@ -88,7 +88,9 @@ class FeedbackRecord(BaseModel):
     """One piece of customer feedback, whatever source it came from.
 
     ``text`` holds the original free text; the normalize stage adds the redacted analysis
-    text beside it. ``raw`` keeps the source row as read, for audit.
+    text beside it. ``raw`` keeps the row's configured columns for audit. Records built by a
+    source are already protected (``pipelines.ingest.privacy``): ``raw``, ``metadata``,
+    ``author`` and the other fields carry no identifier in clear.
     """
 
     model_config = ConfigDict(extra="forbid")

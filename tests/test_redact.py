@@ -193,3 +193,34 @@ def test_redaction_is_idempotent_and_keeps_plain_text() -> None:
     once = redact("mail ali@example.com tel 0532 123 45 67").text
     assert redact(once).text == once
     assert redact("Harika bir ürün, teşekkürler!").counts == {}
+
+
+def spaced_forms(value: str, cuts: list[list[int]]) -> list[str]:
+    """``value`` cut at each list of positions, joined by a space, a dash and a dot."""
+    forms = []
+    for positions in cuts:
+        parts = [
+            value[start:end] for start, end in zip([0, *positions], [*positions, None], strict=True)
+        ]
+        forms += [separator.join(parts) for separator in (" ", "-", ".")]
+    return forms
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_national_ids_written_with_spaces(seed: int) -> None:
+    rng = random.Random(seed)
+    cases = {
+        "TCKN": (make_tckn(rng), [[3, 6, 9], [5], [3, 5, 8]]),
+        "IR_NATIONAL_ID": (make_iranian_id(rng), [[3, 9], [3, 6], [4, 8]]),
+        "CNP": (make_cnp(rng), [[1, 7], [1, 7, 9], [7]]),
+    }
+    for kind, (value, cuts) in cases.items():
+        for written in spaced_forms(value, cuts):
+            # Some groupings are also phone numbers' (Iranian 3-3-4): redacted either way.
+            assert redact(f"no {written} ok").text in (f"no [{kind}] ok", "no [PHONE] ok")
+        assert f"[{kind}]" not in redact(f"no {grouped(corrupt_last(value), 3)} ok").text
+
+
+@pytest.mark.parametrize("text", ["Toplam 1 234 567 890 TL", "Suma 9.876.543.210 lei"])
+def test_amounts_in_thousands_groups_are_not_ids(text: str) -> None:
+    assert redact(text).text == text

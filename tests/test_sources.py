@@ -223,6 +223,7 @@ SOCIAL_ENTRY = """\
     columns: {external_id: post_id, platform: platform, author: author,
               author_followers: followers, url: url, created_at: created_at, text: text,
               customer_id: customer_id}
+    keep_in_clear: [author]
 """
 
 

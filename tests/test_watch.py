@@ -142,6 +142,7 @@ sources:
       author_followers: followers
       url: url
       text: text
+    keep_in_clear: [author]
 """,
         encoding="utf-8",
     )

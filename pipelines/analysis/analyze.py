@@ -24,6 +24,7 @@ from pipelines._errors import SourceError
 from pipelines.ingest.dedupe import text_hash
 from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
+from pipelines.ingest.privacy import protect_field
 from pipelines.ingest.redact import redact
 from pipelines.stages import Stage, StageContext
 
@@ -138,12 +139,16 @@ def analyze_frame(
         context: Store, run id and options handed to the stages.
 
     Returns:
-        The frame with ``text`` replaced by the analysis text (normalized, PII-redacted),
+        The frame with ``text`` replaced by the analysis text (normalized, PII-redacted), the
+        other columns protected (``pipelines.ingest.privacy.protect_field``: author pseudonymised,
+        identifiers redacted),
         ``pii_counts``, ``text_hash``, ``lang``, ``lang_confidence``, every stage's columns and
         ``analysed`` (False for rows with no text left after normalization; stages skip them).
         Row order and count are unchanged.
     """
     result = frame.copy()
+    for column in [name for name in result.columns if name != "text"]:
+        result[column] = [protect_field(str(column), value) for value in result[column]]
     redactions = [redact(normalize_text(str(text))) for text in result["text"]]
     result["text"] = [redaction.text for redaction in redactions]
     result["pii_counts"] = [redaction.counts for redaction in redactions]

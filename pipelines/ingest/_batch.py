@@ -5,6 +5,8 @@ anything else raises. ``ingest_source`` streams a source chunk by chunk (read, n
 redact, dedupe by id, store), so memory is bounded by the chunk size, not the input; the
 source's watermark is saved only after its last chunk is stored, so a crash re-reads (ids drop
 what was stored) and never skips.
+Records arrive protected by their source (``pipelines.ingest.privacy``); here the text and title
+become their redacted analysis form and quarantined rows are redacted before they are stored.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipelines._errors import CountBalanceError, SourceError
 from pipelines.ingest.dedupe import mark_duplicates, text_hash
 from pipelines.ingest.language import detect_languages
 from pipelines.ingest.normalize import normalize_text
+from pipelines.ingest.privacy import scrub_quarantined
 from pipelines.ingest.redact import redact
 from pipelines.ingest.sources import (
     DEFAULT_CHUNK_ROWS,
@@ -174,7 +177,7 @@ def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int,
         Rows stored, duplicates and quarantined.
     """
     frame, rejected = chunk.frame, chunk.rejected
-    store.quarantine(chunk.source, run_id, ((r.raw, r.reason, r.detail) for r in rejected))
+    store.quarantine(chunk.source, run_id, (scrub_quarantined(*row) for row in rejected))
 
     duplicates = 0
     stored = 0

@@ -7,11 +7,13 @@ Kinds, in precedence order (a span claimed by an earlier kind is never looked at
    ISO 13616 mod-97 check; spaces or dashes between groups are allowed, case is ignored.
 3. ``[CARD]`` payment cards: 13-19 digits, written as one run or in groups of 3+ digits,
    Luhn-valid; 13-digit numbers must start with 4 (only Visa issued them).
-4. National ids, each written as one run of digits and valid under the official check:
+4. National ids valid under the official check:
    ``[TCKN]`` Turkish TC Kimlik No (11 digits, first non-zero, 10th/11th check digits),
-   ``[IR_NATIONAL_ID]`` Iranian code melli (10 digits, mod-11 check, not all one digit; also
-   written ``xxx-xxxxxx-x``), ``[CNP]`` Romanian CNP (13 digits, weights 279146358279, real
-   birth date, county 01-52).
+   ``[IR_NATIONAL_ID]`` Iranian code melli (10 digits, mod-11 check, not all one digit),
+   ``[CNP]`` Romanian CNP (13 digits, weights 279146358279, real birth date, county 01-52).
+   Written as one run of digits, or in up to 5 groups separated by spaces, dashes or dots
+   (``123 456 789 01``, ``xxx-xxxxxx-x``, ``1 850101 123456``) when the grouping is not a
+   phone number's and not an amount's (``1 234 567 890``: thousands groups are left alone).
 5. ``[PHONE]`` phone numbers: with ``+`` or ``00`` and a country code (exact national length for
    +90/+98/+40/+1, 8-15 digits otherwise), national numbers with a trunk ``0`` (TR/IR 11 digits
    such as ``0532 123 45 67`` or ``0912 345 6789``, RO 10 digits such as ``0721 234 567``),
@@ -97,6 +99,7 @@ _CNP_CENTURIES: dict[str, tuple[int, ...]] = {
     "7": (1900, 2000), "8": (1900, 2000), "9": (1900, 2000),
 }  # fmt: skip
 _PHONE_COUNTRY_LENGTHS = {"90": 10, "98": 10, "40": 9, "1": 10}
+_MAX_ID_GROUPS = 5
 
 
 def _iban_is_valid(compact: str) -> bool:
@@ -160,16 +163,22 @@ def _card_is_valid(digits: str, group_lengths: list[int]) -> bool:
     return _luhn_is_valid(digits)
 
 
+def _looks_like_amount(group_lengths: list[int]) -> bool:
+    """``1 234 567 890``: thousands groups, an amount rather than an id."""
+    return group_lengths[0] <= 3 and all(length == 3 for length in group_lengths[1:])
+
+
 def _national_id_kind(digits: str, group_lengths: list[int]) -> PiiKind | None:
-    if len(group_lengths) == 1:
-        if _tckn_is_valid(digits):
-            return PiiKind.TCKN
-        if _iranian_id_is_valid(digits):
-            return PiiKind.IR_NATIONAL_ID
-        if _cnp_is_valid(digits):
-            return PiiKind.CNP
-    elif group_lengths == [3, 6, 1] and _iranian_id_is_valid(digits):
+    if len(group_lengths) > _MAX_ID_GROUPS or (
+        len(group_lengths) > 1 and _looks_like_amount(group_lengths)
+    ):
+        return None
+    if _tckn_is_valid(digits):
+        return PiiKind.TCKN
+    if _iranian_id_is_valid(digits):
         return PiiKind.IR_NATIONAL_ID
+    if _cnp_is_valid(digits):
+        return PiiKind.CNP
     return None
 
 
@@ -191,13 +200,17 @@ def _is_phone(digits: str, group_lengths: list[int], has_plus: bool) -> bool:
 
 
 def _classify_digits(digits: str, group_lengths: list[int], has_plus: bool) -> PiiKind | None:
+    grouped = len(group_lengths) > 1
     if not has_plus:
         if _card_is_valid(digits, group_lengths):
             return PiiKind.CARD
-        national_id = _national_id_kind(digits, group_lengths)
-        if national_id is not None:
+        canonical = not grouped or group_lengths == [3, 6, 1]  # Iranian ``xxx-xxxxxx-x``
+        if canonical and (national_id := _national_id_kind(digits, group_lengths)):
             return national_id
-    return PiiKind.PHONE if _is_phone(digits, group_lengths, has_plus) else None
+    if _is_phone(digits, group_lengths, has_plus):
+        return PiiKind.PHONE
+    # A grouped number that is no phone may still be an id written with spaces or dashes.
+    return _national_id_kind(digits, group_lengths) if grouped and not has_plus else None
 
 
 def _find_ibans(text: str) -> list[tuple[int, int, PiiKind]]:

@@ -88,7 +88,7 @@ feedback = Table(
     Column("product", Text),
     Column("store", Text),
     Column("metadata", JSONText),
-    Column("raw", JSONText, comment="source row as read, for audit"),
+    Column("raw", JSONText, comment="configured columns of the source row, redacted"),
     Column("text_hash", String(32), nullable=False, comment="hash of the analysis text"),
     Column("pii_counts", JSONText),
     Column("lang", String(8)),

@@ -2,8 +2,10 @@
 
 Everything that comes from customers is untrusted: header values have CR/LF and other control
 characters replaced before they reach a header, HTML parts escape every value, and free text is
-shown in ``<div dir="auto">`` so Persian renders right-to-left. The text is the stored redacted
-analysis text, so PII stays redacted.
+shown in ``<div dir="auto">`` so Persian renders right-to-left. Every value comes from the
+stored record, protected at ingest (``pipelines.ingest.privacy``): the text is the redacted
+analysis text, the author a pseudonym (or a handle its source keeps in clear), and the customer
+is reached through ``customer_id``, never a stored e-mail.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ _MESSAGE_ID_DOMAIN = "feedback-pipeline.local"
 AlertContent = Mapping[str, Any]
 """One alert row: ``alert_id``, ``record_id``, ``priority``, ``generation``, ``respond_by``,
 ``sla_hours``, ``recipients`` and ``payload`` (source, channel, platform, url, text, author,
-product, store, lang, created_at, reasons, summary)."""
+customer_id, product, store, lang, created_at, reasons, summary)."""
 
 
 def header_safe(value: Any, limit: int = _SUBJECT_CHARS) -> str:
@@ -68,6 +70,7 @@ def _details(alert: AlertContent) -> list[tuple[str, str]]:
             f"{_text(payload.get('source'))} ({where})" if where else _text(payload.get("source")),
         ),
         ("URL", _text(payload.get("url"))),
+        ("Customer id", _text(payload.get("customer_id"))),
         ("Author", _text(payload.get("author"))),
         ("Product", _text(payload.get("product"))),
         ("Store", _text(payload.get("store"))),

@@ -38,6 +38,7 @@ _PAYLOAD_COLUMNS = (
     "url",
     "text",
     "author",
+    "customer_id",
     "product",
     "store",
     "lang",

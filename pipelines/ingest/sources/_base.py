@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from pipelines._errors import CountBalanceError
+from pipelines.ingest.privacy import RecordPrivacy
 from pipelines.ingest.sources._config import SourceConfig
 from pipelines.records import Channel, FeedbackRecord, content_id, record_id
 
@@ -213,6 +214,12 @@ class RowMapper:
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
         self.zone: tzinfo = ZoneInfo(config.timezone) if config.timezone else UTC
+        self.privacy = RecordPrivacy(config.keep_in_clear)
+        self.raw_columns = list(
+            dict.fromkeys(
+                [*config.columns.values(), *config.metadata_columns, *config.answer_columns]
+            )
+        )
 
     def created_at(self, row: Mapping[str, Any]) -> datetime:
         """The row's date as aware UTC (naive values are in the source's ``timezone``).
@@ -283,7 +290,7 @@ class RowMapper:
             "source": self.config.name,
             "channel": Channel(self.config.channel),
             "created_at": created_at,
-            "raw": json_safe(dict(row)),
+            "raw": {column: json_safe(lookup(row, column)) for column in self.raw_columns},
             **fields,
         }
         if not self.config.answer_columns:
@@ -334,7 +341,7 @@ class RowMapper:
             parts = [common["created_at"].isoformat(), author, *([question] if question else [])]
             identifier = content_id(self.config.name, *parts, text)
         try:
-            return FeedbackRecord(
+            record = FeedbackRecord(
                 id=identifier, external_id=external_id, text=text, metadata=metadata, **common
             )
         except ValidationError as exc:
@@ -343,6 +350,7 @@ class RowMapper:
                 for error in exc.errors()
             )
             raise RowRejected("invalid_field", problems) from None
+        return self.privacy.protect(record)
 
 
 def raw_text(row: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines.ingest.privacy import KEEPABLE_FIELDS
 from pipelines.records import Channel
 
 __all__ = [
@@ -64,6 +65,7 @@ class _SourceBase(BaseModel):
     answer_columns: list[str] = Field(default_factory=list)
     date_format: str | None = None
     timezone: str | None = None
+    keep_in_clear: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -91,6 +93,17 @@ class _SourceBase(BaseModel):
                 "e.g. 'rating: stars'; put other columns in metadata_columns"
             )
         return columns
+
+    @field_validator("keep_in_clear")
+    @classmethod
+    def _keepable(cls, fields: list[str]) -> list[str]:
+        unknown = sorted(set(fields) - set(KEEPABLE_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"keep_in_clear lists {unknown}; only {list(KEEPABLE_FIELDS)} can be kept "
+                "readable (e.g. public social handles). Every other field is always redacted."
+            )
+        return fields
 
     @field_validator("timezone")
     @classmethod
