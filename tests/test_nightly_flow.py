@@ -83,9 +83,10 @@ def test_cli_reports_a_bad_config_key(tmp_path: Path) -> None:
     shutil.copytree(DEFAULT_CONFIG_DIR, config_dir)
     (config_dir / "pipeline.yaml").write_text("timezone: Mars/Olympus\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["status", "--config", str(config_dir)])
-    assert result.exit_code != 0
-    message = str(result.exception)
+    assert result.exit_code == 1
+    message = result.output.strip()
     assert "E001" in message and "timezone" in message and "IANA" in message
+    assert "Traceback" not in message and len(message.splitlines()) == 1
 
 
 def test_cli_status_shows_runs_and_quarantine(
