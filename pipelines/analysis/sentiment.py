@@ -53,7 +53,7 @@ __all__ = [
 
 LABELS: tuple[str, str, str] = ("negative", "neutral", "positive")
 Label = Literal["negative", "neutral", "positive"]
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 _HASHED_PREFIX_BYTES = 1 << 20
 
 
