@@ -26,12 +26,10 @@ import uuid
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from sqlalchemy import select
 
 from flows._tasks import (
     RunSummary,
@@ -44,14 +42,15 @@ from flows._tasks import (
 )
 from flows.nightly import log_lock_wait
 from pipelines._errors import ConfigError, FeedbackError
+from pipelines.analysis import range_scope
 from pipelines.config import config_path
 from pipelines.ingest.sources import SourceBatch, load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
 from pipelines.stages import StageContext
-from pipelines.storage import Store, pipeline_lock, resolve_db_url, schema
+from pipelines.storage import pipeline_lock, resolve_db_url
 
-__all__ = ["in_range", "load_range_records", "rerun", "to_utc"]
+__all__ = ["in_range", "rerun", "to_utc"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -105,31 +104,6 @@ def in_range(batch: SourceBatch, start: datetime, end: datetime | None) -> Sourc
 def filter_range(batch: SourceBatch, start: datetime, end: datetime | None) -> SourceBatch:
     """Prefect task around ``in_range``."""
     return in_range(batch, start, end)
-
-
-def load_range_records(
-    store: Store, start: datetime, end: datetime | None, sources: list[str] | None
-) -> pd.DataFrame:
-    """Stored records created in ``[start, end)`` (copy-paste duplicates excluded).
-
-    Args:
-        store: The database.
-        start: First instant (UTC).
-        end: End instant (UTC, excluded), or None.
-        sources: Only these sources, or all.
-
-    Returns:
-        Rows of ``feedback``, oldest first.
-    """
-    table = schema.feedback
-    query = select(table).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
-    if end is not None:
-        query = query.where(table.c.created_at < end)
-    if sources is not None:
-        query = query.where(table.c.source.in_(sources))
-    with store.engine.connect() as connection:
-        rows = connection.execute(query.order_by(table.c.created_at, table.c.id))
-        return pd.DataFrame(rows.mappings().all())
 
 
 def _describe(start: datetime, end: datetime | None) -> str:
@@ -214,17 +188,21 @@ def rerun(
         )
         with pipeline_lock(store, run_id, "rerun", on_wait=log_lock_wait) as lock:
             summary.sources = [store_batch(batch, db_url, run_id) for batch in batches]
-            records = load_range_records(store, start, end, sources)
-            if not records.empty:
-                summary.channels = records["channel"].value_counts().to_dict()
-                summary.languages = records["lang"].value_counts().to_dict()
             context = StageContext(
                 store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
             )
-            analyse(records, analysis_stages, context, summary, reanalyze=reanalyze, lock=lock)
+            analysis = analyse(
+                range_scope(start, end, sources),
+                analysis_stages,
+                context,
+                summary,
+                settings.analysis_chunk_size,
+                reanalyze=reanalyze,
+                lock=lock,
+            )
         print(
             f"{sum(c.stored for c in summary.sources)} record(s) stored, "
-            f"{summary.analysed} of {len(records)} in range analysed"
+            f"{summary.analysed} of {analysis.in_scope} in range analysed"
             + (f", from cache: {', '.join(summary.cached_stages)}" if summary.cached_stages else "")
         )
         create_markdown_artifact(
