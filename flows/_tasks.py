@@ -1,13 +1,15 @@
 """Tasks and steps shared by the nightly and rerun flows: read, store, analyse.
 
-Analysis is idempotent by construction:
+The analysis itself (chunks, what to save, the ``stage_results`` ledger) lives in
+``pipelines.analysis``; here its steps become Prefect tasks. Analysis is idempotent by
+construction:
 
-* ``stage_results`` records which records each stage version has saved, so a run only saves what
-  is missing (or everything in scope with ``reanalyze``) and a crashed run is completed by
-  running again;
-* ``run-stage`` tasks are cached by Prefect on the stage's name and version, the versions of the
-  stages before it and the ids and text hashes of the records (never the run id), so a second
-  identical run finds them ``Cached`` and recomputes nothing;
+* ``stage_results`` records which records each stage version has saved, chunk by chunk, so a run
+  only saves what is missing (or everything in scope with ``reanalyze``) and a crashed run is
+  completed by running again;
+* ``run-stage`` tasks are cached by Prefect per chunk, on the stage's name and version, the
+  versions of the stages before it and the ids and text hashes of the chunk's records (never the
+  run id), so a second identical run finds them ``Cached`` and recomputes nothing;
 * stages save with upserts keyed by record and version, alerts are queued idempotently.
 """
 
@@ -16,19 +18,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement
 
 from pipelines._errors import FeedbackError
+from pipelines.analysis import (
+    AnalysisResult,
+    analyse_in_chunks,
+    load_run_records,
+    save_results,
+)
 from pipelines.delivery.alerts import DeliveryBacklog
 from pipelines.ingest import SourceCounts, ingest_source
 from pipelines.ingest.sources import Source
@@ -39,7 +47,6 @@ from pipelines.storage import (
     Store,
     finish_run,
     pipeline_lock,
-    schema,
     start_run,
 )
 
@@ -51,7 +58,6 @@ __all__ = [
     "log_lock_wait",
     "open_store",
     "recorded_run",
-    "records_to_save",
     "run_stage",
     "save_stage",
     "store_source",
@@ -246,32 +252,6 @@ def store_source(
     return counts
 
 
-def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = ()) -> pd.DataFrame:
-    """The records this run stored (copy-paste duplicates excluded), ready for analysis.
-
-    Args:
-        store: The database.
-        run_id: The run.
-        unanalysed_by: Stage names; records of earlier runs that lack results of any of these
-            stages (an ingest-only run, a run that crashed mid-analysis) are included too, so
-            nothing stored is left unanalysed.
-
-    Returns:
-        One row per record, with the ``feedback`` table's columns but ``raw``.
-    """
-    table, results = schema.feedback, schema.stage_results
-    scope = table.c.run_id == run_id
-    for stage_name in unanalysed_by:
-        scope = scope | ~exists().where(
-            results.c.record_id == table.c.id, results.c.stage == stage_name
-        )
-    # ``raw`` is audit data no stage reads: it stays out of the stage results Prefect keeps.
-    columns = [column for column in table.c if column.name != "raw"]
-    query = select(*columns).where(scope, table.c.duplicate_of.is_(None))
-    with store.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
-
-
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cache key of a ``run-stage`` task: what the result depends on, never the run id."""
     stage: Stage = parameters["stage"]
@@ -289,6 +269,9 @@ def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     cache_key_fn=_stage_cache_key,
     cache_expiration=STAGE_CACHE_EXPIRATION,
     persist_result=True,
+    # Read back from result storage, not kept: Prefect's in-memory result cache holds up to 1000
+    # results, which would keep every chunk of a run alive.
+    cache_result_in_memory=False,
 )
 def run_stage(
     stage: Stage,
@@ -314,134 +297,67 @@ def run_stage(
 
 @task(name="save-stage", cache_policy=NO_CACHE)
 def save_stage(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
-    """Save one stage's results for ``batch`` and note them in ``stage_results``.
+    """Prefect task around ``save_results``: save one stage's share of a chunk, note the ledger."""
+    return save_results(stage, batch, context)
 
-    Args:
-        stage: The stage.
-        batch: Output of ``run_stage`` restricted to the records that need saving.
-        context: Store, run id and options (``resend_alerts``...).
 
-    Returns:
-        Rows the stage reported as written.
-    """
-    rows = stage.save(batch, context)
-    now = datetime.now(UTC)
-    context.store.upsert(
-        schema.stage_results,
-        [
-            {
-                "record_id": str(record_id),
-                "stage": stage.name,
-                "version": stage.version,
-                "run_id": context.run_id,
-                "saved_at": now,
-            }
-            for record_id in batch["id"]
-        ],
+def _run_stage_step(
+    stage: Stage, batch: pd.DataFrame, context: StageContext, upstream: tuple[str, ...]
+) -> tuple[pd.DataFrame, bool]:
+    state = run_stage.with_options(task_run_name=f"run-{stage.name}")(
+        stage, batch, context, upstream, context.store.url, return_state=True
     )
-    return rows
+    return state.result(), state.name == "Cached"
 
 
-def _saved_ids(store: Store, stage: Stage, ids: Sequence[str], any_version: bool) -> set[str]:
-    """Which of ``ids`` have results of ``stage`` (of its current version, or of any)."""
-    table = schema.stage_results
-    found: set[str] = set()
-    with store.engine.connect() as connection:
-        for start in range(0, len(ids), 1000):
-            query = select(table.c.record_id).where(
-                table.c.stage == stage.name, table.c.record_id.in_(ids[start : start + 1000])
-            )
-            if not any_version:
-                query = query.where(table.c.version == stage.version)
-            found.update(connection.execute(query).scalars())
-    return found
-
-
-def records_to_save(
-    store: Store, stages: Sequence[Stage], ids: Iterable[str], reanalyze: bool
-) -> dict[str, set[str]]:
-    """Per stage, the records whose results must be (re)saved.
-
-    Without ``reanalyze`` a stage saves the records it never analysed (no result of any
-    version): new records and the ones a crashed run left. With ``reanalyze`` it saves every
-    record with its current version, beside the results of earlier versions. A record saved by a
-    stage is also saved by every stage after it, whose inputs it changed.
-
-    Args:
-        store: The database.
-        stages: The stages, in order.
-        ids: Record ids in scope.
-        reanalyze: Recompute records that already have results.
-
-    Returns:
-        Stage name -> record ids to save.
-    """
-    wanted = list(dict.fromkeys(str(record_id) for record_id in ids))
-    carried: set[str] = set()
-    needed: dict[str, set[str]] = {}
-    for stage in stages:
-        if reanalyze:
-            carried.update(wanted)
-        else:
-            carried.update(set(wanted) - _saved_ids(store, stage, wanted, any_version=True))
-        needed[stage.name] = set(carried)
-    return needed
+def _save_stage_step(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
+    return save_stage.with_options(task_run_name=f"save-{stage.name}")(stage, batch, context)
 
 
 def analyse(
-    records: pd.DataFrame,
+    scope: ColumnElement[bool],
     stages: Sequence[Stage],
     context: StageContext,
     summary: RunSummary,
+    chunk_size: int,
     reanalyze: bool = False,
     lock: RunLock | None = None,
-) -> None:
-    """Run the stages over the records that need them and save what is missing.
+) -> AnalysisResult:
+    """Analyse the records in ``scope`` chunk by chunk (``analyse_in_chunks``) as Prefect tasks.
 
-    Every stage runs (``run-stage``, cached) on all records that some stage must save, since
-    later stages need earlier stages' columns; each stage then saves only its own share
-    (``save-stage``). Fills ``summary.stage_rows``, ``model_versions``, ``analysed`` and
-    ``cached_stages``; with nothing to do no task runs.
+    Each stage of each chunk is a ``run-stage`` task (cached) and a ``save-stage`` task. Fills
+    ``summary.stage_rows``, ``model_versions``, ``analysed``, ``cached_stages``, ``languages``
+    and ``channels``; with nothing to do no task runs.
 
     Args:
-        records: Records in scope (rows of ``feedback``).
+        scope: Condition on ``feedback`` (``run_scope``, ``range_scope``).
         stages: Stages to run, in order.
         context: Store, run id and options.
         summary: The run's summary, updated in place.
+        chunk_size: Records analysed and saved at a time (``analysis_chunk_size``).
         reanalyze: Save every record again with the current versions (see ``records_to_save``).
         lock: The run lock, renewed after every step.
+
+    Returns:
+        What the analysis did (``in_scope`` counts the records in scope).
     """
-    needed = (
-        records_to_save(context.store, stages, records["id"], reanalyze)
-        if not records.empty
-        else {}
+    result = analyse_in_chunks(
+        scope,
+        stages,
+        context,
+        chunk_size,
+        reanalyze=reanalyze,
+        run_step=_run_stage_step,
+        save_step=_save_stage_step,
+        after_step=lock.renew if lock is not None else None,
     )
-    work_ids = set().union(*needed.values()) if needed else set()
-    batch = records[records["id"].isin(work_ids)] if work_ids else records.iloc[0:0]
-    summary.analysed = len(batch)
-    db_url = context.store.url
-    upstream: list[str] = []
-    for stage in stages:
-        summary.model_versions[stage.name] = stage.version
-        summary.stage_rows[stage.name] = 0
-        if batch.empty:
-            continue
-        state = run_stage.with_options(task_run_name=f"run-{stage.name}")(
-            stage, batch, context, tuple(upstream), db_url, return_state=True
-        )
-        batch = state.result()
-        # A stage may settle its version while running (topics: the model it fitted or loaded).
-        summary.model_versions[stage.name] = stage.version
-        if state.name == "Cached":
-            summary.cached_stages.append(stage.name)
-        to_save = batch[batch["id"].isin(needed[stage.name])]
-        if not to_save.empty:
-            summary.stage_rows[stage.name] = save_stage.with_options(
-                task_run_name=f"save-{stage.name}"
-            )(stage, to_save, context)
-        upstream.append(f"{stage.name}={stage.version}")
-        if lock is not None:
-            lock.renew()
+    summary.analysed = result.analysed
+    summary.stage_rows = result.stage_rows
+    summary.model_versions = result.model_versions
+    summary.cached_stages = result.cached_stages
+    summary.languages = result.languages
+    summary.channels = result.channels
+    return result
 
 
 def summary_markdown(title: str, summary: RunSummary) -> str:

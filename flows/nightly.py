@@ -19,7 +19,6 @@ from prefect.runtime import flow_run
 from flows._tasks import (
     RunSummary,
     analyse,
-    load_run_records,
     log_lock_wait,
     open_store,
     recorded_run,
@@ -27,6 +26,7 @@ from flows._tasks import (
     summary_markdown,
 )
 from pipelines._errors import FeedbackError
+from pipelines.analysis import run_scope
 from pipelines.config import config_path
 from pipelines.delivery.alerts import AlertStage, delivery_backlog
 from pipelines.delivery.report import (
@@ -43,7 +43,6 @@ from pipelines.storage import Store, pipeline_lock, resolve_db_url
 
 __all__ = [
     "RunSummary",
-    "load_run_records",
     "log_lock_wait",
     "nightly",
     "open_store",
@@ -135,16 +134,13 @@ def nightly(
                 except FeedbackError as exc:
                     summary.failed_sources[source.name] = str(exc)
                 lock.renew()
-            records = load_run_records(
-                store, run_id, unanalysed_by=[stage.name for stage in analysis_stages]
-            )
-            if not records.empty:
-                summary.channels = records["channel"].value_counts().to_dict()
-                summary.languages = records["lang"].value_counts().to_dict()
+            scope = run_scope(run_id, unanalysed_by=[stage.name for stage in analysis_stages])
             context = StageContext(
                 store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
             )
-            analyse(records, analysis_stages, context, summary, lock=lock)
+            analyse(
+                scope, analysis_stages, context, summary, settings.analysis_chunk_size, lock=lock
+            )
             # Digests the watch flow queued, and alerts an SMTP outage left, go out even on a
             # night without new records (deliver_pending sends nothing twice).
             for stage in analysis_stages:

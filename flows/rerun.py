@@ -27,11 +27,9 @@ import uuid
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from sqlalchemy import select
 
 from flows._tasks import (
     RunSummary,
@@ -43,15 +41,16 @@ from flows._tasks import (
 )
 from flows.nightly import log_lock_wait
 from pipelines._errors import ConfigError, FeedbackError
+from pipelines.analysis import range_scope, scoped_ids
 from pipelines.config import config_path
 from pipelines.delivery.alerts import AlertStage, delivery_backlog, rearm_alerts
 from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
 from pipelines.stages import StageContext
-from pipelines.storage import Store, pipeline_lock, resolve_db_url, schema
+from pipelines.storage import pipeline_lock, resolve_db_url
 
-__all__ = ["load_range_records", "rerun", "to_utc"]
+__all__ = ["rerun", "to_utc"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -71,32 +70,6 @@ def to_utc(moment: datetime | date, timezone: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(timezone))
     return moment.astimezone(UTC)
-
-
-def load_range_records(
-    store: Store, start: datetime, end: datetime | None, sources: list[str] | None
-) -> pd.DataFrame:
-    """Stored records created in ``[start, end)`` (copy-paste duplicates excluded).
-
-    Args:
-        store: The database.
-        start: First instant (UTC).
-        end: End instant (UTC, excluded), or None.
-        sources: Only these sources, or all.
-
-    Returns:
-        Rows of ``feedback`` (without ``raw``), oldest first.
-    """
-    table = schema.feedback
-    columns = [column for column in table.c if column.name != "raw"]  # audit data, unused
-    query = select(*columns).where(table.c.created_at >= start, table.c.duplicate_of.is_(None))
-    if end is not None:
-        query = query.where(table.c.created_at < end)
-    if sources is not None:
-        query = query.where(table.c.source.in_(sources))
-    with store.engine.connect() as connection:
-        rows = connection.execute(query.order_by(table.c.created_at, table.c.id))
-        return pd.DataFrame(rows.mappings().all())
 
 
 def _describe(start: datetime, end: datetime | None) -> str:
@@ -178,15 +151,22 @@ def rerun(
                 except FeedbackError as exc:
                     summary.failed_sources[source.name] = str(exc)
                 lock.renew()
-            records = load_range_records(store, start, end, sources)
-            if not records.empty:
-                summary.channels = records["channel"].value_counts().to_dict()
-                summary.languages = records["lang"].value_counts().to_dict()
+            scope = range_scope(start, end, sources)
             # Re-armed here, not by the alerts stage: the stage only sees records it must save,
             # which without --reanalyze are none of the records already analysed.
-            rearmed = rearm_alerts(store, record_ids=records.get("id", ())) if resend_alerts else 0
+            rearmed = (
+                rearm_alerts(store, record_ids=scoped_ids(store, scope)) if resend_alerts else 0
+            )
             context = StageContext(store=store, run_id=run_id)
-            analyse(records, analysis_stages, context, summary, reanalyze=reanalyze, lock=lock)
+            analysis = analyse(
+                scope,
+                analysis_stages,
+                context,
+                summary,
+                settings.analysis_chunk_size,
+                reanalyze=reanalyze,
+                lock=lock,
+            )
             alert_stages = [stage for stage in analysis_stages if isinstance(stage, AlertStage)]
             if resend_alerts and not alert_stages:
                 alert_stages = [AlertStage.from_config(config_dir)]
@@ -195,7 +175,7 @@ def rerun(
                 summary.delivery = delivery_backlog(store)
         print(
             f"{sum(c.stored for c in summary.sources)} record(s) stored, "
-            f"{summary.analysed} of {len(records)} in range analysed"
+            f"{summary.analysed} of {analysis.in_scope} in range analysed"
             + (f", from cache: {', '.join(summary.cached_stages)}" if summary.cached_stages else "")
             + (f", {rearmed} alert(s) re-armed to be mailed again" if resend_alerts else "")
         )

@@ -22,6 +22,7 @@ class PipelineSettings(BaseModel):
         timezone: IANA zone for schedules and report days.
         stages: Analysis stages run after ingestion, in order; ``pipeline.yaml`` must list
             them (``[]`` to only ingest), so a missing key never silently analyses nothing.
+        analysis_chunk_size: Records analysed and saved at a time; bounds a run's memory.
         outbox_dir: Where alert mails are written when no SMTP server is configured.
         reports_dir: Where HTML reports are written.
     """
@@ -31,6 +32,7 @@ class PipelineSettings(BaseModel):
     database: str = "data/feedback.duckdb"
     timezone: str = "Europe/Istanbul"
     stages: list[str] = Field(default_factory=list)
+    analysis_chunk_size: int = Field(default=2000, ge=1, le=100_000)
     outbox_dir: Path = Path("outbox")
     reports_dir: Path = Path("reports")
 

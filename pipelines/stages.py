@@ -2,7 +2,9 @@
 
 A stage is a small object: ``run`` adds columns to a batch (a pandas DataFrame of feedback
 records) and is pure; ``save`` persists what ``run`` added. Flows call them in order and know
-nothing else about them, so a new stage plugs in without touching the flow.
+nothing else about them, so a new stage plugs in without touching the flow. Runs analyse their
+records in chunks; a stage that needs the whole window (a topic model's fit) does that work once
+per run in ``prepare``, before the first chunk.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ class Stage(ABC):
         Returns:
             The batch with new columns; rows are never dropped.
         """
+
+    def prepare(self, context: StageContext) -> None:
+        """Do once per run, before the first chunk, what needs more than one chunk (a model fit).
+
+        Args:
+            context: Store, run id and options (``as_of``: newest ``created_at`` of the run).
+        """
+        return None
 
     def save(self, batch: pd.DataFrame, context: StageContext) -> int:
         """Persist this stage's columns of ``batch``; returns the number of rows written."""

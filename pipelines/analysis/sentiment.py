@@ -29,7 +29,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines._errors import ModelError
-from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.analysis._embedding_lookup import TextEmbedder, shared_encoder
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import schema
@@ -220,11 +220,10 @@ class E5HeadBackend(SentimentBackend):
         Returns:
             The backend.
         """
-        from models.encoder import Encoder
         from models.sentiment import SentimentHead
 
         head = SentimentHead.load(_repo_path(settings.head))
-        encoder = Encoder.load(settings.encoder_path, dtype=settings.encoder_dtype)
+        encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype)
         return cls(encoder, head, settings.batch_size)
 
     @property

@@ -70,6 +70,7 @@ class TopicSettings(BaseModel):
     window_days: int = Field(default=28, ge=1)
     refit_every_days: int = Field(default=7, ge=1)
     min_records_to_fit: int = Field(default=30, ge=2)
+    max_fit_records: int = Field(default=10_000, ge=2)
     records_per_topic: int = Field(default=150, ge=2)
     min_topics: int = Field(default=3, ge=1)
     max_topics: int = Field(default=60, ge=1)
@@ -516,15 +517,25 @@ def rename_topic(store: Store, topic_id: int, label: str) -> None:
     )
 
 
-def _window_records(store: Store, start: datetime, end: datetime) -> pd.DataFrame:
+def _window_records(store: Store, start: datetime, end: datetime, limit: int) -> pd.DataFrame:
+    """The window's records, or a seeded uniform sample of ``limit`` of them (bounded memory)."""
     table = schema.feedback
-    query = select(table.c.id, table.c.text, table.c.lang, table.c.created_at).where(
-        table.c.created_at >= start, table.c.created_at <= end, table.c.duplicate_of.is_(None)
+    columns = [table.c.id, table.c.text, table.c.lang, table.c.created_at]
+    in_window = (
+        (table.c.created_at >= start) & (table.c.created_at <= end) & table.c.duplicate_of.is_(None)
     )
     with store.engine.connect() as connection:
-        return pd.DataFrame(
-            connection.execute(query).mappings().all(), columns=["id", "text", "lang", "created_at"]
-        )
+        ids = list(connection.execute(select(table.c.id).where(in_window)).scalars())
+        if len(ids) > limit:
+            sample = np.random.default_rng(_KMEANS_SEED).choice(len(ids), size=limit, replace=False)
+            ids = sorted(ids[index] for index in sample)
+        else:
+            ids.sort()
+        rows = []
+        for first in range(0, len(ids), 1000):
+            query = select(*columns).where(table.c.id.in_(ids[first : first + 1000]))
+            rows += connection.execute(query.order_by(table.c.id)).mappings().all()
+    return pd.DataFrame(rows, columns=["id", "text", "lang", "created_at"])
 
 
 def _as_of(batch: pd.DataFrame, context: StageContext) -> datetime:
@@ -557,7 +568,9 @@ class TopicStage(Stage):
         embedder: Embedding provider; None builds one over the run's store.
 
     Options read from the context: ``as_of`` (the run's reference time; default the newest
-    ``created_at`` in the batch) and ``refit_topics`` (True forces a refit).
+    ``created_at`` in the batch) and ``refit_topics`` (True forces a refit). A run that analyses
+    in chunks calls ``prepare`` first: the refit, when due, happens there once, on (a sample of)
+    the stored window, and every chunk is assigned with that model.
     """
 
     name = "topics"
@@ -571,6 +584,7 @@ class TopicStage(Stage):
         self.embedder = embedder
         self.model: TopicModel | None = None
         self._fitted_now = False
+        self._prepared_for: str | None = None
 
     @property
     def version(self) -> str:
@@ -585,23 +599,51 @@ class TopicStage(Stage):
     def _fit(
         self,
         batch: pd.DataFrame,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | None,
         embedder: TextEmbedder,
         context: StageContext,
         as_of: datetime,
         previous: TopicModel | None,
     ) -> TopicModel | None:
         start = as_of - timedelta(days=self.settings.window_days)
-        stored = _window_records(context.store, start, as_of)
+        stored = _window_records(context.store, start, as_of, self.settings.max_fit_records)
         stored = stored[~stored["id"].isin(set(batch["id"]))] if "id" in batch.columns else stored
         texts = [_text(value) for value in batch["text"]] + list(stored["text"])
         langs = _langs(batch) + _langs(stored)
         if len(texts) < self.settings.min_records_to_fit:
             return previous
-        vectors = np.concatenate([embeddings, embedder.embed(list(stored["text"]))], axis=0)
+        vectors = embedder.embed(list(stored["text"]))
+        if embeddings is not None:
+            vectors = np.concatenate([embeddings, vectors], axis=0)
         return fit_topic_model(
             texts, langs, vectors, self.settings, embedder.version, as_of, previous
         )
+
+    def _settle_model(
+        self,
+        batch: pd.DataFrame,
+        embeddings: np.ndarray | None,
+        embedder: TextEmbedder,
+        context: StageContext,
+    ) -> None:
+        """Load the latest model, refitting first when due."""
+        previous = latest_topic_model(context.store, embedder.version)
+        as_of = _as_of(batch, context)
+        model = previous
+        if self._refit_due(previous, as_of, bool(context.options.get("refit_topics"))):
+            model = self._fit(batch, embeddings, embedder, context, as_of, previous)
+        self._fitted_now = model is not None and model is not previous
+        self.model = model
+
+    def prepare(self, context: StageContext) -> None:
+        """Settle the run's model once, before the first chunk (refit on the window when due).
+
+        Args:
+            context: Run context (``as_of``: the run's newest ``created_at``).
+        """
+        embedder = self.embedder or TextEmbedder(store=context.store)
+        self._settle_model(pd.DataFrame(columns=["id", "text", "lang"]), None, embedder, context)
+        self._prepared_for = context.run_id
 
     def run(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
         """Add the ``topic`` column (refitting first when due).
@@ -615,14 +657,10 @@ class TopicStage(Stage):
         """
         result = batch.copy()
         embedder = self.embedder or TextEmbedder(store=context.store)
-        previous = latest_topic_model(context.store, embedder.version)
         embeddings = embedder.batch_embeddings(result)
-        as_of = _as_of(result, context)
-        model = previous
-        if self._refit_due(previous, as_of, bool(context.options.get("refit_topics"))):
-            model = self._fit(result, embeddings, embedder, context, as_of, previous)
-        self._fitted_now = model is not None and model is not previous
-        self.model = model
+        if self._prepared_for != context.run_id:
+            self._settle_model(result, embeddings, embedder, context)
+        model = self.model
         if model is None:
             ids = np.full(len(result), UNASSIGNED, dtype=np.int64)
             similarities = np.zeros(len(result), dtype=np.float32)
