@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows._cli_options import ConfigOption, DbOption
+from flows._cli_options import ConfigOption, DbOption, flow_db_parameter
 from pipelines.settings import load_settings
 from pipelines.storage import Store, resolve_db_url
 
@@ -60,7 +60,7 @@ def rerun(
     from flows.rerun import rerun as rerun_flow
 
     start_temporary_prefect_server()
-    with console.status("Running the rerun flow..."):
+    with flow_db_parameter(db) as flow_db, console.status("Running the rerun flow..."):
         summary = rerun_flow(
             since=since,
             until=until,
@@ -69,7 +69,7 @@ def rerun(
             reanalyze=reanalyze,
             resend_alerts=resend_alerts,
             config_dir=str(config) if config else None,
-            db=db,
+            db=flow_db,
             read_sources=not no_read,
         )
     table = Table(title=f"Rerun {summary.run_id}")

@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from flows._cli_alerts import print_delivery_backlog
-from flows._cli_options import ConfigOption, DbOption, SourceOption
+from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
 from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
 from pipelines.ingest.sources import load_sources
@@ -57,10 +57,10 @@ def _run_flow(
     database = mask_credentials(_db_url(config, db))
     load_sources(config_path("sources.yaml", config), names=sources)
     start_temporary_prefect_server()
-    with console.status("Running the nightly flow..."):
+    with flow_db_parameter(db) as flow_db, console.status("Running the nightly flow..."):
         summary = nightly(
             config_dir=str(config) if config else None,
-            db=db,
+            db=flow_db,
             sources=sources,
             since=since,
             stages=stages,

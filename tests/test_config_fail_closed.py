@@ -8,12 +8,15 @@ no error quotes what a file holds and no database password is ever shown.
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
@@ -29,7 +32,7 @@ from pipelines.config import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
 from pipelines.delivery.routing import load_routing
 from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
-from pipelines.storage import Store, schema
+from pipelines.storage import DB_URL_ENV, Store, schema
 
 CANARY = "Canary7Secret"
 SOURCES = """\
@@ -89,6 +92,11 @@ def test_run_prints_the_database_without_its_password(
     assert code == 0, shown
     assert "postgresql+psycopg://feedback:***@127.0.0.1" in shown, shown
     assert CANARY not in shown
+    # Prefect keeps flow parameters in its database: the URL travels in the environment instead.
+    with get_client(sync_client=True) as client:
+        parameters = [run.parameters for run in client.read_flow_runs()]
+    assert parameters and CANARY not in json.dumps(parameters, default=str)
+    assert os.environ.get(DB_URL_ENV) != with_password
 
 
 def test_missing_config_folder_is_an_error_never_the_demo(

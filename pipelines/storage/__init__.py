@@ -15,9 +15,10 @@ from pipelines.storage._locks import (
     pipeline_lock,
 )
 from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
-from pipelines.storage._store import DEFAULT_DB_PATH, Refused, Store, resolve_db_url
+from pipelines.storage._store import DB_URL_ENV, DEFAULT_DB_PATH, Refused, Store, resolve_db_url
 
 __all__ = [
+    "DB_URL_ENV",
     "DEFAULT_DB_PATH",
     "DEFAULT_LEASE",
     "DEFAULT_WAIT",

@@ -27,7 +27,7 @@ from pipelines.records import storable
 from pipelines.storage import schema
 from pipelines.storage._connect import create_store_engine
 
-__all__ = ["DEFAULT_DB_PATH", "Refused", "Store", "resolve_db_url"]
+__all__ = ["DB_URL_ENV", "DEFAULT_DB_PATH", "Refused", "Store", "resolve_db_url"]
 
 DEFAULT_DB_PATH = Path("data/feedback.duckdb")
 DB_URL_ENV = "FEEDBACK_DB_URL"
