@@ -37,6 +37,7 @@ def _jsonl_source(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
                 kind: jsonl
                 channel: social
                 path: rows.jsonl
+                keep_in_clear: [author]  # public handles: stored as read, NUL removed
                 columns: {external_id: id, created_at: ts, text: body, author: author,
                           product: product, store: store, author_followers: followers}
             """
