@@ -262,6 +262,20 @@ def test_auto_dtype_stays_faithful_to_fp32(encoder_folder: Path, fp32_encoder: E
     assert _cosines(auto.encode(TEXTS), fp32_encoder.encode(TEXTS)).min() >= MIN_COSINE
 
 
+def test_auto_dtype_falls_back_to_freshly_loaded_fp32_when_bf16_drifts(
+    encoder_folder: Path, fp32_encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bf16 is adopted in place (one copy of the weights); a drift must bring back the exact
+    # fp32 weights, not bf16 ones cast back up.
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16: auto never tries it")
+    monkeypatch.setattr("models.encoder._embedder._BF16_MIN_COSINE", 1.01)
+    encoder = Encoder.load(encoder_folder, dtype="auto")
+    assert encoder.dtype == "fp32" and encoder.bf16_probe_cosine is not None
+    texts = ["Kargo üç gün gecikti.", "The app keeps crashing at checkout."]
+    np.testing.assert_array_equal(encoder.encode(texts), fp32_encoder.encode(texts))
+
+
 def test_incomplete_folder_is_refused(tmp_path: Path) -> None:
     half_written = tmp_path / "e5-half"
     half_written.mkdir()

@@ -13,11 +13,10 @@ the last layer is exactly the E5 embedding.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -175,18 +174,19 @@ class Encoder:
                 )
             encoder.dtype = "int8"
         elif dtype == "auto" and cpu_supports_bf16():
-            encoder._adopt_bf16_if_faithful()
+            del model  # converted in place below: one copy of the weights at a time
+            encoder._adopt_bf16_if_faithful(lambda: cls.load(folder, "fp32", num_threads).model)
         return encoder
 
-    def _adopt_bf16_if_faithful(self) -> None:
+    def _adopt_bf16_if_faithful(self, load_fp32: Callable[[], torch.nn.Module]) -> None:
+        """Switch to bf16 in place; back to freshly loaded fp32 weights if the probe drifts."""
         reference = self.encode(_PROBE_TEXTS)
-        fp32_model = self.model
-        self.model = copy.deepcopy(fp32_model).to(torch.bfloat16)
+        self.model.to(torch.bfloat16)
         self.dtype = "bf16"
         cosine = float(np.min(np.sum(self.encode(_PROBE_TEXTS) * reference, axis=1)))
         self.bf16_probe_cosine = cosine
         if cosine < _BF16_MIN_COSINE:
-            self.model = fp32_model
+            self.model = load_fp32()
             self.dtype = "fp32"
 
     def encode(
