@@ -31,6 +31,7 @@ DEFAULT_BUSY_WAIT = 120.0
 
 _FIRST_DELAY = 0.02
 _MAX_DELAY = 0.1
+_BUSY_SIGNS = ("Could not set lock on file", "Unique file handle conflict")
 _HOLDER = re.compile(r"held in (?P<program>\S+) \(PID (?P<pid>\d+)\)")
 
 
@@ -43,7 +44,8 @@ def _busy_wait() -> float:
 
 
 def _is_file_lock_conflict(exc: BaseException) -> bool:
-    return "Could not set lock on file" in str(exc)
+    # The second: two threads of this process opening the file at the same instant.
+    return any(sign in str(exc) for sign in _BUSY_SIGNS)
 
 
 def _is_config_conflict(exc: BaseException) -> bool:
