@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import func, select
 
 from flows.nightly import nightly
 from flows.rerun import rerun
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.storage import Store, schema
+from tests._smtp import smtp_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 3
@@ -67,18 +66,9 @@ class Recipients:
 @pytest.fixture
 def smtp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recipients]:
     """A real SMTP server on a free loopback port, configured through FEEDBACK_SMTP_*."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     received = Recipients()
-    controller = Controller(received, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("FEEDBACK_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("FEEDBACK_SMTP_PORT", str(port))
-    monkeypatch.setenv("FEEDBACK_SMTP_SECURITY", "none")
-    monkeypatch.setenv("FEEDBACK_SMTP_FROM", "alerts@example.com")
-    yield received
-    controller.stop()
+    with smtp_server(received, monkeypatch):
+        yield received
 
 
 def _posts(round_number: int) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -27,6 +25,7 @@ from pipelines._errors import StoreError
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.registry import STAGES
 from pipelines.storage import RunLock, schema
+from tests._smtp import smtp_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,18 +58,9 @@ class Inbox:
 @pytest.fixture
 def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
     """A real SMTP server on a free loopback port, configured through FEEDBACK_SMTP_*."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     received = Inbox()
-    controller = Controller(received, hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("FEEDBACK_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("FEEDBACK_SMTP_PORT", str(port))
-    monkeypatch.setenv("FEEDBACK_SMTP_SECURITY", "none")
-    monkeypatch.setenv("FEEDBACK_SMTP_FROM", "alerts@example.com")
-    yield received
-    controller.stop()
+    with smtp_server(received, monkeypatch):
+        yield received
 
 
 def post(post_id: str, created_at: str, text: str, followers: int) -> dict[str, Any]:
