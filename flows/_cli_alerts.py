@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
+from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines.analysis.flagging import PRIORITIES
 from pipelines.delivery.alerts import (
     ALERT_STATUSES,
@@ -25,7 +24,23 @@ from pipelines.delivery.alerts import (
 from pipelines.settings import load_settings
 from pipelines.storage import Store
 
-__all__ = ["print_delivery_backlog", "register"]
+__all__ = ["ALERT_COLUMNS", "delivery_listing", "register"]
+
+ALERT_COLUMNS = (
+    "alert_id",
+    "priority",
+    "status",
+    "route",
+    "recipients",
+    "record_id",
+    "respond_by",
+    "sent_at",
+    "acked_at",
+    "resolved_at",
+    "attempts",
+    "last_error",
+)
+"""Columns of ``feedback alerts list``, in order."""
 
 console = Console()
 alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to support leads.")
@@ -34,10 +49,6 @@ alerts_app = typer.Typer(help="List, acknowledge and resolve alerts sent to supp
 def _open_store(db: str | None, config: Path | None, read_only: bool = False) -> Store:
     url = db or os.environ.get("FEEDBACK_DB_URL") or load_settings(config).database
     return Store(url, read_only=read_only)
-
-
-def _when(value: object) -> str:
-    return "" if value is None or value != value else f"{value:%Y-%m-%d %H:%M}"
 
 
 @alerts_app.command("list")
@@ -51,6 +62,7 @@ def list_command(
     limit: Annotated[int, typer.Option(help="Show at most this many alerts.")] = 50,
     db: DbOption = None,
     config: ConfigOption = None,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """List alerts, most recent first."""
     if status is not None and status not in ALERT_STATUSES:
@@ -59,38 +71,8 @@ def list_command(
         raise typer.BadParameter(f"use one of {', '.join(PRIORITIES)}", param_hint="--priority")
     with _open_store(db, config, read_only=True) as store:
         frame = list_alerts(store, status, priority.upper() if priority else None, limit)
-    table = Table(title=f"Alerts ({len(frame)})")
-    table.add_column("id", no_wrap=True)
-    for column in (
-        "prio",
-        "status",
-        "route",
-        "to",
-        "record",
-        "respond by",
-        "sent",
-        "acked",
-        "resolved",
-        "tries",
-        "last error",
-    ):
-        table.add_column(column)
-    for alert in frame.to_dict(orient="records"):
-        table.add_row(
-            alert["alert_id"],
-            alert["priority"],
-            alert["status"],
-            alert["route"],
-            ", ".join(alert["recipients"]),
-            alert["record_id"],
-            _when(alert["respond_by"]),
-            _when(alert["sent_at"]),
-            _when(alert["acked_at"]),
-            _when(alert["resolved_at"]),
-            str(alert["attempts"]),
-            (alert["last_error"] or "")[:60],
-        )
-    console.print(table)
+    rows = frame.to_dict(orient="records")
+    print_listings(Listing("alerts", f"Alerts ({len(rows)})", ALERT_COLUMNS, rows), output)
 
 
 @alerts_app.command("ack")
@@ -140,36 +122,33 @@ def retry_command(
     console.print(f"{retried} failed delivery(ies) will be tried by the next run.")
 
 
-def print_delivery_backlog(store: Store, out: Console | None = None) -> None:
-    """Print alert deliveries not accepted by the mail server yet, and their warnings.
+def delivery_listing(store: Store) -> tuple[Listing, list[str]]:
+    """Alert deliveries not accepted by the mail server yet, and their warnings.
 
     Args:
         store: The database.
-        out: Where to print; this module's console when None.
+
+    Returns:
+        The listing (``feedback status``'s ``deliveries``) and the warning lines (with codes).
     """
-    out = out or console
     backlog = delivery_backlog(store)
-    if not backlog.rows:
-        out.print("Alert deliveries: every recipient accepted its alerts.")
-        return
-    table = Table(
-        title=f"Alert deliveries not accepted yet ({backlog.queued} queued, "
+    rows = [
+        {
+            "alert_id": row["alert_id"],
+            "recipient": row["recipient"],
+            "status": row["status"],
+            "attempts": row["attempts"],
+            "next_attempt_at": row["next_attempt_at"],
+            "last_reply": describe_reply(row["last_code"], row["reply"]),
+        }
+        for row in backlog.rows
+    ]
+    title = (
+        f"Alert deliveries not accepted yet ({backlog.queued} queued, "
         f"{backlog.retrying} retrying, {backlog.failed} failed)"
     )
-    for column in ("alert", "to", "status", "tries", "next try", "last reply"):
-        table.add_column(column)
-    for row in backlog.rows:
-        table.add_row(
-            row["alert_id"],
-            row["recipient"],
-            row["status"],
-            str(row["attempts"]),
-            _when(row["next_attempt_at"]),
-            escape(describe_reply(row["last_code"], row["reply"])[:80]),
-        )
-    out.print(table)
-    for line in backlog.warnings():
-        out.print(f"[yellow]Warning: {escape(line)}[/yellow]", soft_wrap=True)
+    columns = ("alert_id", "recipient", "status", "attempts", "next_attempt_at", "last_reply")
+    return Listing("deliveries", title, columns, rows), list(backlog.warnings())
 
 
 def register(app: typer.Typer) -> None:

@@ -7,14 +7,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from flows._cli_alerts import print_delivery_backlog
+from flows._cli_alerts import delivery_listing
 from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
+from flows._cli_runs import RUN_COLUMNS, run_rows
+from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
 from pipelines.ingest.sources import load_sources
@@ -119,27 +120,21 @@ def ingest(
     _run_flow(config, db, source, since, [])
 
 
-def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) -> None:
-    """Show recent runs with their counts, what sits in quarantine and undelivered alerts."""
+def status(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    limit: int = 10,
+    output: FormatOption = OutputFormat.table,
+) -> None:
+    """Show recent runs with their counts, what sits in quarantine and undelivered alerts.
+
+    ``--format json`` prints one object (runs, quarantine, deliveries, warnings, records_stored);
+    ``--format csv`` prints the runs.
+    """
     with Store(_db_url(config, db), read_only=True) as store:
-        runs = recent_runs(store, limit)
-        table = Table(title="Recent runs")
-        for column in ("started", "flow", "status", "read", "stored", "dup", "quar", "models"):
-            table.add_column(column)
-        for run_row in runs:
-            per_source = (run_row.get("counts") or {}).get("sources", [])
-            totals = pd.DataFrame(per_source).sum(numeric_only=True) if per_source else {}
-            table.add_row(
-                f"{run_row['started_at']:%Y-%m-%d %H:%M}",
-                run_row["flow"],
-                run_row["status"] + (f": {run_row['message'][:60]}" if run_row["message"] else ""),
-                *(
-                    str(int(totals.get(key, 0)))
-                    for key in ("read", "stored", "duplicates", "quarantined")
-                ),
-                ", ".join(f"{k}={v}" for k, v in (run_row.get("model_versions") or {}).items()),
-            )
-        console.print(table)
+        runs_listing = Listing(
+            "runs", "Recent runs", RUN_COLUMNS, run_rows(recent_runs(store, limit))
+        )
         quarantine = schema.quarantine
         query = (
             select(quarantine.c.source, quarantine.c.reason, func.count().label("rows"))
@@ -148,14 +143,20 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
         )
         with store.engine.connect() as connection:
             rows = connection.execute(query).all()
-        q_table = Table(title="Quarantine")
-        for column in ("source", "reason", "rows"):
-            q_table.add_column(column)
-        for source_name, reason, count in rows:
-            q_table.add_row(source_name, reason, str(count))
-        console.print(q_table)
-        console.print(f"Records stored: {store.count(schema.feedback)}")
-        print_delivery_backlog(store, console)
+        q_listing = Listing(
+            "quarantine",
+            "Quarantine",
+            ("source", "reason", "rows"),
+            [{"source": s, "reason": r, "rows": n} for s, r, n in rows],
+        )
+        deliveries, warnings = delivery_listing(store)
+        stored = store.count(schema.feedback)
+    print_listings(
+        [runs_listing, q_listing, deliveries],
+        output,
+        extra={"records_stored": stored, "warnings": warnings},
+        console=console,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption
+from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._errors import ModelError
 from pipelines.analysis.topics import list_topics, rename_topic
 from pipelines.settings import load_settings
@@ -36,29 +36,19 @@ def topics_command(
     examples: Annotated[int, typer.Option(help="Example texts shown per topic.")] = 2,
     db: DbOption = None,
     config: ConfigOption = None,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """List topics: id, label, size, net sentiment (-100..100), languages, example texts."""
     if context.invoked_subcommand is not None:
         return
     with _open_store(db, config, read_only=True) as store:
         frame = list_topics(store, examples=examples)
-    if frame.empty:
+    if frame.empty and output is OutputFormat.table:
         console.print("No topic model yet: run the nightly pipeline first (`feedback run`).")
         return
-    table = Table(title=f"Topics ({len(frame)})")
-    for column in ("id", "label", "size", "net", "languages", "examples"):
-        table.add_column(column, overflow="fold")
-    for topic in frame.to_dict(orient="records"):
-        net = topic["net_sentiment"]
-        table.add_row(
-            str(topic["id"]),
-            topic["label"],
-            str(topic["size"]),
-            "" if net is None or net != net else f"{int(net):+d}",
-            ", ".join(f"{lang} {count}" for lang, count in topic["languages"].items()),
-            "\n".join(topic["examples"]),
-        )
-    console.print(table)
+    rows = frame.to_dict(orient="records")
+    columns = ("id", "label", "size", "net_sentiment", "languages", "examples")
+    print_listings(Listing("topics", f"Topics ({len(rows)})", columns, rows), output)
 
 
 @topics_app.command("rename")
