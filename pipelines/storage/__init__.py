@@ -5,6 +5,7 @@ and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in 
 """
 
 from pipelines.storage import schema
+from pipelines.storage._export import analysed_records
 from pipelines.storage._locks import (
     DEFAULT_LEASE,
     DEFAULT_WAIT,
@@ -27,6 +28,7 @@ __all__ = [
     "Refused",
     "RunLock",
     "Store",
+    "analysed_records",
     "finish_run",
     "force_release",
     "mark_crashed",
