@@ -6,6 +6,14 @@ and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in 
 
 from pipelines.storage import schema
 from pipelines.storage._export import analysed_records
+from pipelines.storage._labels import (
+    LABEL_KINDS,
+    POLARITIES,
+    Label,
+    latest_labels,
+    record_labels,
+    resolve_external_ids,
+)
 from pipelines.storage._locks import (
     DEFAULT_LEASE,
     DEFAULT_WAIT,
@@ -23,7 +31,10 @@ __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_LEASE",
     "DEFAULT_WAIT",
+    "LABEL_KINDS",
     "PIPELINE_LOCK",
+    "POLARITIES",
+    "Label",
     "LockHolder",
     "Refused",
     "RunLock",
@@ -31,10 +42,13 @@ __all__ = [
     "analysed_records",
     "finish_run",
     "force_release",
+    "latest_labels",
     "mark_crashed",
     "pipeline_lock",
     "recent_runs",
+    "record_labels",
     "resolve_db_url",
+    "resolve_external_ids",
     "schema",
     "start_run",
 ]
