@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,8 +25,6 @@ err_console = Console(stderr=True)
 train_app = typer.Typer(help="Train the models.", no_args_is_help=True)
 
 _MAX_BAD_ROWS_SHOWN = 20
-# The nightly stages that need nothing but the rows themselves (trends need history, alerts mail).
-ANALYZE_STAGES = ("sentiment", "aspects", "topics", "flagging")
 
 
 def _fail(exc: FeedbackError) -> typer.Exit:
@@ -49,37 +45,32 @@ def analyze_command(
     """Analyse a file of feedback with the nightly flow's stages: language, sentiment (document
     and sentences), aspects, topic and flags. Optional columns channel, rating, nps,
     author_followers, customer_id and customer_value feed the flagging rules."""
-    from pipelines.analysis.analyze import BadRow, analyze_frame, read_feedback_file, write_jsonl
-    from pipelines.registry import build_stages
-    from pipelines.stages import StageContext
-    from pipelines.storage import Store
+    from feedback_pipeline import Analyzer
+    from pipelines.analysis.analyze import BadRow, read_feedback_file, write_jsonl
 
     try:
         frame, bad_rows = read_feedback_file(input_path)
-        stages = build_stages(ANALYZE_STAGES, config)
+        analyzer = Analyzer(config, db)
     except FeedbackError as exc:
         raise _fail(exc) from exc
     output.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with tempfile.TemporaryDirectory(prefix="feedback-analyze-") as scratch:
-        store = Store(db if db else Path(scratch) / "analyze.duckdb")
-        context = StageContext(store, str(uuid.uuid4()), {"cache_embeddings": db is not None})
-        progress = Progress(
-            TextColumn("analysing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-        )
-        with store, progress, output.open("w", encoding="utf-8") as handle:
-            task = progress.add_task("rows", total=len(frame))
-            for start in range(0, len(frame), chunk_size):
-                chunk = frame.iloc[start : start + chunk_size]
-                analysed = analyze_frame(chunk, stages, context)
-                written += write_jsonl(analysed, handle)
-                for line in analysed.loc[~analysed["analysed"], "line"]:
-                    bad_rows.append(BadRow(int(line), "no text left after normalization"))
-                progress.advance(task, len(chunk))
+    progress = Progress(
+        TextColumn("analysing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    with analyzer, progress, output.open("w", encoding="utf-8") as handle:
+        task = progress.add_task("rows", total=len(frame))
+        for start in range(0, len(frame), chunk_size):
+            chunk = frame.iloc[start : start + chunk_size]
+            analysed = analyzer.run(chunk)
+            written += write_jsonl(analysed, handle)
+            for line in analysed.loc[~analysed["analysed"], "line"]:
+                bad_rows.append(BadRow(int(line), "no text left after normalization"))
+            progress.advance(task, len(chunk))
     for bad in sorted(bad_rows, key=lambda row: row.line)[:_MAX_BAD_ROWS_SHOWN]:
         err_console.print(f"[yellow]row {bad.line} skipped:[/] {bad.reason}", soft_wrap=True)
     if len(bad_rows) > _MAX_BAD_ROWS_SHOWN:
