@@ -61,6 +61,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "flows._cli_unlock",
     "flows._cli_runs",
     "flows._cli_export",
+    "flows._cli_quarantine",
 )
 
 

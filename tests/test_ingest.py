@@ -63,7 +63,9 @@ def test_counts_balance_and_rerun_changes_nothing(store: Store) -> None:
     assert (first.read, first.stored, first.duplicates, first.quarantined) == (5, 3, 1, 1)
 
     again = ingest_batch(_batch(records, rejected), store, "run-2")
-    assert (again.read, again.stored, again.duplicates, again.quarantined) == (5, 0, 4, 1)
+    # the bad row was quarantined by run-1: counted once, here as skipped
+    assert (again.read, again.stored, again.duplicates, again.quarantined) == (5, 0, 4, 0)
+    assert again.skip_reasons == {"already_quarantined": 1}
     assert store.count(schema.feedback) == 3
     assert store.count(schema.quarantine) == 1
     assert store.count(schema.run_source_counts) == 2
@@ -176,7 +178,7 @@ def test_ingest_source_streams_chunks_and_saves_the_watermark_last(
     ranged = ingest_source(
         source, store, "run-3", start=datetime(2026, 11, 5, tzinfo=UTC), end=None, chunk_rows=3
     )
-    assert ranged.skip_reasons == {"out_of_range": 6}
+    assert ranged.skip_reasons == {"already_quarantined": 2, "out_of_range": 6}
     assert ranged.read == ranged.duplicates + ranged.quarantined + ranged.skipped
 
 

@@ -41,6 +41,7 @@ from pipelines.ingest.sources import (
 from pipelines.storage import Refused, Store, schema
 
 __all__ = [
+    "ALREADY_QUARANTINED",
     "DB_REFUSED",
     "DUPLICATE_WINDOW",
     "OUT_OF_RANGE",
@@ -58,6 +59,9 @@ OUT_OF_RANGE = "out_of_range"
 _WORKER_MIN_BYTES = 16 * 2**20
 _QUEUED_CHUNKS = 2
 DB_REFUSED = "db_refused"
+ALREADY_QUARANTINED = "already_quarantined"
+"""Skip reason: a bad row read again (a changed file re-read whole, an API page read again) that
+an earlier run already quarantined; counted once, as quarantined, by the run that found it."""
 _RECENT_COLUMNS = ("id", "author", "customer_id", "created_at", "text", "source")
 
 
@@ -75,8 +79,12 @@ class SourceCounts:
 
     @property
     def idle(self) -> bool:
-        """Nothing new came: every row was in a file ingested whole before."""
-        return self.read == self.skip_reasons.get(UNCHANGED_FILE, 0)
+        """Nothing new came: every row was in a file ingested whole before, is a record already
+        stored, or a bad row already quarantined (a re-read page or file)."""
+        seen = self.skip_reasons.get(UNCHANGED_FILE, 0) + self.skip_reasons.get(
+            ALREADY_QUARANTINED, 0
+        )
+        return self.stored == 0 and self.quarantined == 0 and self.read == seen + self.duplicates
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts and JSON."""
@@ -170,14 +178,14 @@ def _prepare(batch: SourceBatch, start: datetime | None, end: datetime | None) -
     return _Prepared(batch.source, batch.rows_read, batch.skipped, batch.watermark, frame, rejected)
 
 
-def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int, int]:
+def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int, int, int]:
     """Quarantine bad rows, drop known ids, mark copy-paste spam, store the rest.
 
     Returns:
-        Rows stored, duplicates and quarantined.
+        Rows stored, duplicates, newly quarantined, and already quarantined before.
     """
     frame, rejected = chunk.frame, chunk.rejected
-    store.quarantine(chunk.source, run_id, (scrub_quarantined(*row) for row in rejected))
+    fresh = store.quarantine(chunk.source, run_id, (scrub_quarantined(*row) for row in rejected))
 
     duplicates = 0
     stored = 0
@@ -192,12 +200,12 @@ def _store_chunk(chunk: _Prepared, store: Store, run_id: str) -> tuple[int, int,
     if not frame.empty:
         frame = mark_duplicates(frame, DUPLICATE_WINDOW, existing=_recent_records(store, frame))
         inserted, refused = store.insert_or_refuse(schema.feedback, _to_rows(frame, run_id))
-        _quarantine_refused(store, chunk.source, run_id, refused)
+        fresh += _quarantine_refused(store, chunk.source, run_id, refused)
         frame = frame[~frame["id"].isin({row.row["id"] for row in refused})]
         spam = int(frame["duplicate_of"].notna().sum())
         duplicates += spam + (len(frame) - inserted)
         stored = inserted - spam
-    return stored, duplicates, len(rejected) + len(refused)
+    return stored, duplicates, fresh, len(rejected) + len(refused) - fresh
 
 
 def _prepare_in_worker(
@@ -284,13 +292,21 @@ class _Tally:
         self.skip_reasons: dict[str, int] = {}
 
     def add(
-        self, batch: SourceBatch | _Prepared, stored: int, duplicates: int, quarantined: int
+        self,
+        batch: SourceBatch | _Prepared,
+        stored: int,
+        duplicates: int,
+        quarantined: int,
+        requarantined: int = 0,
     ) -> None:
         self.read += batch.rows_read + sum(batch.skipped.values())
         self.stored += stored
         self.duplicates += duplicates
         self.quarantined += quarantined
-        for reason, rows in batch.skipped.items():
+        skipped = dict(batch.skipped)
+        if requarantined:
+            skipped[ALREADY_QUARANTINED] = skipped.get(ALREADY_QUARANTINED, 0) + requarantined
+        for reason, rows in skipped.items():
             self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + rows
 
     def counts(self) -> SourceCounts:
@@ -417,9 +433,13 @@ def ingest_source(
     return counts
 
 
-def _quarantine_refused(store: Store, source: str, run_id: str, refused: list[Refused]) -> None:
-    """Quarantine the records the database refused (``db_refused``, with its reason)."""
-    store.quarantine(
+def _quarantine_refused(store: Store, source: str, run_id: str, refused: list[Refused]) -> int:
+    """Quarantine the records the database refused (``db_refused``, with its reason).
+
+    Returns:
+        Rows newly quarantined.
+    """
+    return store.quarantine(
         source,
         run_id,
         (

@@ -23,6 +23,13 @@ from pipelines.storage._locks import (
     force_release,
     pipeline_lock,
 )
+from pipelines.storage._quarantine_view import (
+    REPLAYED,
+    STILL_QUARANTINED,
+    find_quarantined,
+    list_quarantined,
+    record_replays,
+)
 from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
 from pipelines.storage._store import DB_URL_ENV, DEFAULT_DB_PATH, Refused, Store, resolve_db_url
 
@@ -34,19 +41,24 @@ __all__ = [
     "LABEL_KINDS",
     "PIPELINE_LOCK",
     "POLARITIES",
+    "REPLAYED",
+    "STILL_QUARANTINED",
     "Label",
     "LockHolder",
     "Refused",
     "RunLock",
     "Store",
     "analysed_records",
+    "find_quarantined",
     "finish_run",
     "force_release",
     "latest_labels",
+    "list_quarantined",
     "mark_crashed",
     "pipeline_lock",
     "recent_runs",
     "record_labels",
+    "record_replays",
     "resolve_db_url",
     "resolve_external_ids",
     "schema",

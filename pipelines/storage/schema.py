@@ -38,6 +38,7 @@ __all__ = [
     "labels",
     "metadata",
     "quarantine",
+    "quarantine_replays",
     "record_topics",
     "run_locks",
     "run_source_counts",
@@ -314,6 +315,19 @@ labels = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     comment="labels for training: the newest human label of a record wins over weak ones",
+)
+
+quarantine_replays = Table(
+    "quarantine_replays",
+    metadata,
+    Column("quarantine_id", String(32), primary_key=True),
+    Column("outcome", String(20), nullable=False, comment="replayed or still_quarantined"),
+    Column("record_ids", JSONText, comment="records the row became (replayed)"),
+    Column("reason", String(50), comment="why it is still quarantined"),
+    Column("detail", Text),
+    Column("run_id", String(36), nullable=False, comment="the replay run"),
+    Column("replayed_at", DateTime(timezone=True), nullable=False),
+    comment="latest replay of each quarantined row; a replayed row is never replayed again",
 )
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.
