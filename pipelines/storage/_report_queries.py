@@ -26,7 +26,6 @@ __all__ = [
     "record_sentiments",
     "record_topic_assignments",
     "sent_alerts_of_records",
-    "stored_topic_labels",
     "stored_topics",
 ]
 
@@ -145,18 +144,6 @@ def stored_topics(store: Store) -> pd.DataFrame:
         The ``topics`` table's columns.
     """
     return _frame(store, select(schema.topics))
-
-
-def stored_topic_labels(store: Store) -> pd.DataFrame:
-    """Human topic labels.
-
-    Args:
-        store: The database.
-
-    Returns:
-        Columns ``topic_id, label``.
-    """
-    return _frame(store, select(schema.topic_labels.c.topic_id, schema.topic_labels.c.label))
 
 
 def flagged_results(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:

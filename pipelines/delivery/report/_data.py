@@ -26,8 +26,8 @@ from pipelines.storage import (
     record_sentiments,
     record_topic_assignments,
     sent_alerts_of_records,
-    stored_topic_labels,
     stored_topics,
+    topic_label_map,
 )
 
 __all__ = [
@@ -268,7 +268,6 @@ def _topic_assignments(
     rows = rows[rows["topic_id"] >= 0]
     versions["topics"] = sorted(rows["model_version"].unique().tolist())
     topics = stored_topics(store)
-    human = stored_topic_labels(store)
     names: dict[int, str] = {}
     keywords: dict[int, str] = {}
     if not topics.empty:
@@ -276,8 +275,7 @@ def _topic_assignments(
         for topic in newest.to_dict(orient="records"):
             names[int(topic["topic_id"])] = topic["auto_label"]
             keywords[int(topic["topic_id"])] = ", ".join(_keywords(topic["keywords"]))
-    for item in human.to_dict(orient="records"):
-        names[int(item["topic_id"])] = item["label"]
+    names.update(topic_label_map(store))
     rows["topic"] = [names.get(int(i), f"topic {int(i)}") for i in rows["topic_id"]]
     rows["keywords"] = [keywords.get(int(i), "") for i in rows["topic_id"]]
     return rows.drop(columns="created_at").merge(records, left_on="record_id", right_on="id")
