@@ -48,6 +48,14 @@ from pipelines.storage._analysis_queries import (
 )
 from pipelines.storage._connect import DatabaseUnavailable
 from pipelines.storage._ingest_queries import quarantine_summary, recent_records
+from pipelines.storage._labels import (
+    LABEL_KINDS,
+    POLARITIES,
+    Label,
+    latest_labels,
+    record_labels,
+    resolve_external_ids,
+)
 from pipelines.storage._locks import (
     DEFAULT_LEASE,
     DEFAULT_WAIT,
@@ -76,11 +84,14 @@ __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_LEASE",
     "DEFAULT_WAIT",
+    "LABEL_KINDS",
     "PIPELINE_LOCK",
+    "POLARITIES",
     "ClaimedDelivery",
     "DatabaseUnavailable",
     "DeliveryOutcome",
     "DeliveryRow",
+    "Label",
     "LockHolder",
     "RangeScope",
     "RecordScope",
@@ -103,6 +114,7 @@ __all__ = [
     "force_release",
     "iter_chunks",
     "latest_created_before",
+    "latest_labels",
     "latest_topic_model_row",
     "load_run_records",
     "mark_crashed",
@@ -118,11 +130,13 @@ __all__ = [
     "recent_records",
     "recent_runs",
     "record_aspects",
+    "record_labels",
     "record_sentiments",
     "record_topic_assignments",
     "release_stale_claims",
     "resolve_alerts",
     "resolve_db_url",
+    "resolve_external_ids",
     "retry_failed_deliveries",
     "run_scope",
     "saved_record_ids",
