@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
 
 from flows._cli_alerts import delivery_listing
 from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
@@ -20,7 +19,7 @@ from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
 from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
-from pipelines.storage import Store, recent_runs, resolve_db_url, schema
+from pipelines.storage import Store, quarantine_summary, recent_runs, resolve_db_url, schema
 
 __all__ = ["register"]
 
@@ -135,14 +134,7 @@ def status(
         runs_listing = Listing(
             "runs", "Recent runs", RUN_COLUMNS, run_rows(recent_runs(store, limit))
         )
-        quarantine = schema.quarantine
-        query = (
-            select(quarantine.c.source, quarantine.c.reason, func.count().label("rows"))
-            .group_by(quarantine.c.source, quarantine.c.reason)
-            .order_by(quarantine.c.source)
-        )
-        with store.engine.connect() as connection:
-            rows = connection.execute(query).all()
+        rows = quarantine_summary(store)
         q_listing = Listing(
             "quarantine",
             "Quarantine",
