@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows._cli_dates import parse_moment_option
 from flows._cli_options import ConfigOption, DbOption, flow_db_parameter
+from pipelines._validate import check_configuration
 from pipelines.settings import load_settings
 from pipelines.storage import Store, resolve_db_url
 
@@ -25,12 +27,18 @@ def rerun(
         datetime,
         typer.Option(
             "--since",
-            help="First day/instant of the range (local to pipeline.yaml's timezone).",
+            parser=parse_moment_option,
+            help="First day/instant of the range, YYYY-MM-DD or ISO 8601 (without an offset: "
+            "pipeline.yaml's timezone).",
         ),
     ],
     until: Annotated[
         datetime | None,
-        typer.Option("--until", help="End of the range, excluded (default: now)."),
+        typer.Option(
+            "--until",
+            parser=parse_moment_option,
+            help="End of the range, excluded (default: now).",
+        ),
     ] = None,
     source: Annotated[
         list[str] | None, typer.Option("--source", help="Only this source (repeatable).")
@@ -59,6 +67,7 @@ def rerun(
     from flows._children import start_temporary_prefect_server
     from flows.rerun import rerun as rerun_flow
 
+    check_configuration(config, source, stage)  # before Prefect starts: errors in one line
     start_temporary_prefect_server()
     with flow_db_parameter(db) as flow_db, console.status("Running the rerun flow..."):
         summary = rerun_flow(
@@ -106,7 +115,7 @@ def serve(
     """
     from flows.deployments import serve_locally
 
-    timezone = load_settings(config).timezone
+    timezone = check_configuration(config).timezone
     console.print(
         f"Serving nightly ('{cron}', {timezone}), watch (every {watch_interval:g} s) and rerun "
         "(on demand). Ctrl-C stops."
@@ -125,8 +134,8 @@ def report(
         datetime | None,
         typer.Option(
             "--date",
-            formats=["%Y-%m-%d"],
-            help="Report day (default: yesterday, or the last day with feedback).",
+            parser=parse_moment_option,
+            help="Report day, YYYY-MM-DD (default: yesterday, or the last day with feedback).",
         ),
     ] = None,
     out: Annotated[

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from flows._cli_alerts import delivery_listing
+from flows._cli_dates import parse_moment_option
 from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
 from flows._cli_runs import RUN_COLUMNS, run_rows
 from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._secrets import mask_credentials
-from pipelines.config import config_path
-from pipelines.ingest.sources import load_sources
+from pipelines._validate import check_configuration
 from pipelines.settings import load_settings
 from pipelines.storage import Store, quarantine_summary, recent_runs, resolve_db_url, schema
 
@@ -28,7 +28,10 @@ console = Console()
 SinceOption = Annotated[
     datetime | None,
     typer.Option(
-        "--since", help="Re-read every source, keeping rows created at or after this instant."
+        "--since",
+        parser=parse_moment_option,
+        help="Re-read every source, keeping rows created at or after this instant "
+        "(YYYY-MM-DD or ISO 8601).",
     ),
 ]
 ResendOption = Annotated[
@@ -54,8 +57,8 @@ def _run_flow(
     from flows.nightly import nightly
 
     # Configuration errors end here, at once, before Prefect starts (the flow checks again).
+    check_configuration(config, sources, stages)
     database = mask_credentials(_db_url(config, db))
-    load_sources(config_path("sources.yaml", config), names=sources)
     start_temporary_prefect_server()
     with flow_db_parameter(db) as flow_db, console.status("Running the nightly flow..."):
         summary = nightly(
@@ -79,6 +82,8 @@ def _run_flow(
             "New records by language: "
             + ", ".join(f"{lang} {count}" for lang, count in sorted(summary.languages.items()))
         )
+    if summary.unsupported_languages():
+        console.print(summary.unsupported_line())
     for name, rows in summary.stage_rows.items():
         console.print(f"Stage {name} ({summary.model_versions.get(name)}): {rows} rows")
     console.print(f"Database: {database}")

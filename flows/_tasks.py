@@ -126,12 +126,26 @@ class RunSummary:
             "delivery": self.delivery.as_dict() if self.delivery else None,
         }
 
+    def unsupported_languages(self) -> int:
+        """Records of the run's scope in none of tr/fa/ro/en (``lang`` = ``other``)."""
+        return int(self.languages.get("other", 0))
+
+    def unsupported_line(self) -> str:
+        """What ``unsupported_languages`` means, for the summary and the console."""
+        return (
+            f"{self.unsupported_languages()} record(s) in an unsupported language (lang=other: "
+            "not tr/fa/ro/en, or too short to tell); analysed with the multilingual models, "
+            "less reliable."
+        )
+
     def outcome(self) -> str:
         """One line: records stored and analysed, and alert deliveries (with their warnings)."""
         line = (
             f"{sum(counts.stored for counts in self.sources)} record(s) stored, "
             f"{self.analysed} analysed"
         )
+        if self.unsupported_languages():
+            line += f" ({self.unsupported_languages()} in an unsupported language)"
         if self.delivery is not None:
             warnings = self.delivery.warnings()
             line += "; alert deliveries: " + (
@@ -386,6 +400,8 @@ def summary_markdown(title: str, summary: RunSummary) -> str:
     for heading, values in (("channel", summary.channels), ("language", summary.languages)):
         lines += ["", f"| {heading} | records |", "|---|---:|"]
         lines += [f"| {key} | {value} |" for key, value in sorted(values.items())]
+    if summary.unsupported_languages():
+        lines += ["", summary.unsupported_line()]
     if summary.model_versions:
         lines += [
             "",

@@ -20,9 +20,9 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from pipelines._errors import SourceError
+from pipelines._errors import ConfigError, SourceError
 from pipelines.ingest.dedupe import text_hash
-from pipelines.ingest.language import detect_languages
+from pipelines.ingest.language import DEFAULT_LANGUAGES, OTHER, detect_languages
 from pipelines.ingest.normalize import normalize_text
 from pipelines.ingest.privacy import protect_field
 from pipelines.ingest.redact import redact
@@ -31,6 +31,7 @@ from pipelines.stages import Stage, StageContext
 __all__ = [
     "ANALYSED_COLUMN",
     "INTERNAL_COLUMNS",
+    "KNOWN_LANGS",
     "BadRow",
     "analyze_frame",
     "output_record",
@@ -68,6 +69,18 @@ def _present(value: object) -> bool:
     return str(value).strip() != ""
 
 
+KNOWN_LANGS: tuple[str, ...] = (*DEFAULT_LANGUAGES, OTHER)
+_LANG_REASON = (
+    "lang {value!r} is not one of " + ", ".join(KNOWN_LANGS) + "; leave it empty to detect "
+    "the language, or write 'other' for a language the models do not cover"
+)
+
+
+def _given_lang(value: object) -> str | None:
+    """A user-supplied ``lang`` cell, lower-cased; None when empty (detect it)."""
+    return str(value).strip().lower() if _present(value) else None
+
+
 def _validated(rows: Iterator[tuple[int, Any]]) -> tuple[pd.DataFrame, list[BadRow]]:
     good: list[dict[str, Any]] = []
     bad: list[BadRow] = []
@@ -82,6 +95,8 @@ def _validated(rows: Iterator[tuple[int, Any]]) -> tuple[pd.DataFrame, list[BadR
             bad.append(BadRow(line, "text is not a string"))
         elif not row["text"].strip():
             bad.append(BadRow(line, "empty text"))
+        elif _given_lang(row.get("lang")) not in (*KNOWN_LANGS, None):
+            bad.append(BadRow(line, _LANG_REASON.format(value=row.get("lang"))))
         else:
             good.append({**row, "id": str(row["id"]), LINE_COLUMN: line})
     return pd.DataFrame(good), bad
@@ -144,7 +159,11 @@ def analyze_frame(
         identifiers redacted),
         ``pii_counts``, ``text_hash``, ``lang``, ``lang_confidence``, every stage's columns and
         ``analysed`` (False for rows with no text left after normalization; stages skip them).
-        Row order and count are unchanged.
+        Row order and count are unchanged. A ``lang`` column given in ``frame`` is kept (its
+        confidence 1.0); only its empty cells are detected.
+
+    Raises:
+        ConfigError: E083 when a given ``lang`` is not tr, fa, ro, en or other.
     """
     result = frame.copy()
     for column in [name for name in result.columns if name != "text"]:
@@ -155,9 +174,16 @@ def analyze_frame(
     result["text_hash"] = [text_hash(text) for text in result["text"]]
     result[ANALYSED_COLUMN] = [bool(text.strip()) for text in result["text"]]
     usable = result[result[ANALYSED_COLUMN]].copy()
+    given = [_given_lang(v) for v in usable["lang"]] if "lang" in usable else [None] * len(usable)
+    invalid = sorted({str(lang) for lang in given if lang not in (*KNOWN_LANGS, None)})
+    if invalid:
+        raise ConfigError(_LANG_REASON.format(value=", ".join(invalid)), code="E083")
     guesses = detect_languages(usable["text"].tolist())
-    usable["lang"] = [guess.lang for guess in guesses]
-    usable["lang_confidence"] = [guess.confidence for guess in guesses]
+    # A language the user gave is kept as it is (confidence 1.0); only empty cells are detected.
+    usable["lang"] = [lang or guess.lang for lang, guess in zip(given, guesses, strict=True)]
+    usable["lang_confidence"] = [
+        1.0 if lang else guess.confidence for lang, guess in zip(given, guesses, strict=True)
+    ]
     for stage in stages:
         usable = stage.run(usable, context)
     if len(usable) == len(result):
