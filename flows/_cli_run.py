@@ -18,7 +18,7 @@ from flows._cli_runs import RUN_COLUMNS, run_rows
 from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._secrets import mask_credentials
 from pipelines._validate import check_configuration
-from pipelines.settings import load_settings
+from pipelines.settings import load_settings, outbox_dir_for
 from pipelines.storage import Store, quarantine_summary, recent_runs, resolve_db_url, schema
 
 __all__ = ["register"]
@@ -90,15 +90,15 @@ def _run_flow(
     if summary.report:
         console.print(f"Report: {Path(summary.report).resolve()}")
     if "alerts" in summary.stage_rows:
-        console.print(f"Alert e-mails: {_alert_destination(config)}")
+        console.print(f"Alert e-mails: {_alert_destination(config, db)}")
 
 
-def _alert_destination(config: Path | None) -> str:
+def _alert_destination(config: Path | None, db: str | None) -> str:
     """Where this run's alert mails went: the SMTP server, or the outbox folder of .eml files."""
     host = os.environ.get("FEEDBACK_SMTP_HOST")
     if host:
         return f"SMTP server {host}:{os.environ.get('FEEDBACK_SMTP_PORT', '587')}"
-    outbox = load_settings(config).outbox_dir.resolve()
+    outbox = outbox_dir_for(load_settings(config), _db_url(config, db)).resolve()
     mails = len(list(outbox.glob("*.eml")))
     return f"{outbox} ({mails} .eml files; set FEEDBACK_SMTP_HOST to send them by SMTP)"
 

@@ -11,7 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipelines._errors import ConfigError
 from pipelines.config import config_path, load_yaml_model
 
-__all__ = ["PipelineSettings", "load_settings"]
+__all__ = [
+    "PipelineSettings",
+    "beside_database",
+    "load_settings",
+    "outbox_dir_for",
+    "reports_dir_for",
+]
 
 
 class PipelineSettings(BaseModel):
@@ -23,8 +29,10 @@ class PipelineSettings(BaseModel):
         stages: Analysis stages run after ingestion, in order; ``pipeline.yaml`` must list
             them (``[]`` to only ingest), so a missing key never silently analyses nothing.
         analysis_chunk_size: Records analysed and saved at a time; bounds a run's memory.
-        outbox_dir: Where alert mails are written when no SMTP server is configured.
-        reports_dir: Where HTML reports are written.
+        outbox_dir: Where alert mails are written when no SMTP server is configured; when not
+            set, ``outbox/`` beside the database (``outbox_dir_for``).
+        reports_dir: Where HTML reports are written; when not set, ``reports/`` beside the
+            database (``reports_dir_for``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -69,3 +77,56 @@ def load_settings(config_dir: str | os.PathLike[str] | None = None) -> PipelineS
             code="E004",
         )
     return settings
+
+
+def beside_database(db_url: str, name: str) -> Path:
+    """The folder ``name`` (``reports``, ``outbox``) that belongs to the database ``db_url``.
+
+    A DuckDB file's folder holds them (``data/feedback.duckdb`` -> ``data/reports``); for a
+    server database they are ``<name>/<database>/`` under the working directory. So a run
+    against another database never overwrites the real daily report or outbox.
+
+    Args:
+        db_url: SQLAlchemy URL or DuckDB path.
+        name: Folder name.
+
+    Returns:
+        The folder (may not exist yet).
+    """
+    if "://" not in db_url or db_url.startswith("duckdb:"):
+        return Path(db_url.removeprefix("duckdb:///")).parent / name
+    location = db_url.split("://", 1)[1].split("?", 1)[0]
+    database = location.split("/", 1)[1].strip("/") if "/" in location else ""
+    return Path(name) / (database or "database")
+
+
+def _configured_or_beside(settings: PipelineSettings, field: str, db_url: str) -> Path:
+    if field in settings.model_fields_set:
+        return Path(getattr(settings, field))
+    return beside_database(db_url, Path(getattr(settings, field)).name)
+
+
+def reports_dir_for(settings: PipelineSettings, db_url: str) -> Path:
+    """Where the HTML reports of the database ``db_url`` go.
+
+    Args:
+        settings: The pipeline settings (``reports_dir`` wins when pipeline.yaml sets it).
+        db_url: The database's SQLAlchemy URL or DuckDB path.
+
+    Returns:
+        The folder (may not exist yet).
+    """
+    return _configured_or_beside(settings, "reports_dir", db_url)
+
+
+def outbox_dir_for(settings: PipelineSettings, db_url: str) -> Path:
+    """Where the ``.eml`` alert mails of the database ``db_url`` go without an SMTP server.
+
+    Args:
+        settings: The pipeline settings (``outbox_dir`` wins when pipeline.yaml sets it).
+        db_url: The database's SQLAlchemy URL or DuckDB path.
+
+    Returns:
+        The folder (may not exist yet).
+    """
+    return _configured_or_beside(settings, "outbox_dir", db_url)

@@ -12,7 +12,7 @@ from pipelines.delivery.alerts._delivery import DeliveryPolicy, DeliveryReport, 
 from pipelines.delivery.alerts._mailer import Mailer
 from pipelines.delivery.alerts._queue import enqueue_alerts
 from pipelines.delivery.routing import RoutingConfig, load_routing
-from pipelines.settings import load_settings
+from pipelines.settings import beside_database, load_settings
 from pipelines.stages import Stage, StageContext
 
 __all__ = ["AlertStage"]
@@ -27,20 +27,24 @@ class AlertStage(Stage):
 
     Args:
         routing: Validated routing rules.
-        outbox_dir: Folder for ``.eml`` files when ``FEEDBACK_SMTP_HOST`` is unset.
+        outbox_dir: Folder for ``.eml`` files when ``FEEDBACK_SMTP_HOST`` is unset; None:
+            ``outbox/`` beside the run's database (``pipelines.settings.beside_database``).
     """
 
     name: ClassVar[str] = "alerts"
 
-    def __init__(self, routing: RoutingConfig, outbox_dir: Path) -> None:
+    def __init__(self, routing: RoutingConfig, outbox_dir: Path | None = None) -> None:
         self.routing = routing
         self.outbox_dir = outbox_dir
         self.last_delivery: DeliveryReport | None = None
 
     @classmethod
     def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> AlertStage:
-        """Build the stage from ``routing.yaml`` and ``pipeline.yaml``'s ``outbox_dir``."""
-        return cls(load_routing(config_dir), load_settings(config_dir).outbox_dir)
+        """Build the stage from ``routing.yaml`` and ``pipeline.yaml``'s ``outbox_dir`` (when
+        set; else the outbox beside the database)."""
+        settings = load_settings(config_dir)
+        explicit = "outbox_dir" in settings.model_fields_set
+        return cls(load_routing(config_dir), settings.outbox_dir if explicit else None)
 
     @property
     def version(self) -> str:
@@ -78,7 +82,7 @@ class AlertStage(Stage):
         """
         self.last_delivery = deliver_pending(
             context.store,
-            Mailer.from_env(self.outbox_dir),
+            Mailer.from_env(self.outbox_dir or beside_database(context.store.url, "outbox")),
             policy=DeliveryPolicy(**self.routing.delivery.model_dump()),
             kinds=context.options.get("alert_kinds"),
         )

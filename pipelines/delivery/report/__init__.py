@@ -32,7 +32,7 @@ from pipelines.delivery.report._render import (
     report_markdown,
     write_html,
 )
-from pipelines.settings import PipelineSettings
+from pipelines.settings import PipelineSettings, reports_dir_for
 from pipelines.storage import Store
 
 __all__ = [
@@ -80,7 +80,8 @@ def generate_report(
         store: The database.
         settings: Pipeline settings (timezone, ``reports_dir``).
         day: Report day in the settings' timezone; default ``default_report_date``.
-        reports_dir: Destination folder; default ``settings.reports_dir``.
+        reports_dir: Destination folder; default ``reports_dir_for(settings, store.url)``
+            (pipeline.yaml's ``reports_dir``, else ``reports/`` beside the database).
         config_dir: Configuration folder; its ``topics.yaml`` sets the spike thresholds (the
             defaults when the folder has none).
 
@@ -91,5 +92,5 @@ def generate_report(
     has_topics_config = config_path(TOPICS_CONFIG, config_dir).exists()
     trends = load_topics_config(config_dir).trends if has_topics_config else TrendSettings()
     report = build_report(store, chosen, settings.timezone, trends)
-    path = write_html(report, reports_dir or settings.reports_dir)
+    path = write_html(report, reports_dir or reports_dir_for(settings, store.url))
     return GeneratedReport(report, path)
