@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -37,6 +38,7 @@ from pipelines.analysis import (
     save_results,
 )
 from pipelines.delivery.alerts import DeliveryBacklog
+from pipelines.delivery.failure_mail import RunFailure, error_code, mail_failure, rerun_command
 from pipelines.ingest import SourceCounts, ingest_source
 from pipelines.ingest.sources import Source
 from pipelines.stages import Stage, StageContext
@@ -47,11 +49,13 @@ from pipelines.storage import (
     Store,
     finish_run,
     pipeline_lock,
+    recent_runs,
     start_run,
 )
 
 __all__ = [
     "STAGE_CACHE_EXPIRATION",
+    "FailureMail",
     "RunSummary",
     "analyse",
     "load_run_records",
@@ -168,9 +172,72 @@ def log_lock_wait(holder: LockHolder) -> None:
     )
 
 
+@dataclass(frozen=True)
+class FailureMail:
+    """Who hears about a failed or crashed run, and how to tell them to rerun it.
+
+    Attributes:
+        to: ``failure_mail_to`` of pipeline.yaml (nothing is sent when empty).
+        outbox_dir: Outbox used without an SMTP server.
+        config_dir: The run's ``--config`` (for the rerun command).
+        db: The run's ``--db`` (for the rerun command).
+    """
+
+    to: list[str]
+    outbox_dir: Path
+    config_dir: str | None = None
+    db: str | None = None
+
+
+def _run_link(run_id: str) -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    if base:
+        return f"{str(base).rstrip('/')}/runs/flow-run/{run_id}"
+    return f"no Prefect UI configured; see `feedback runs` (run {run_id})"
+
+
+def _mail_failure(
+    mail: FailureMail, flow: str, run_id: str, status: str, error: str, parameters: dict[str, Any]
+) -> None:
+    """Mail the data team; a mail problem is logged, never raised over the run's own error."""
+    failure = RunFailure(
+        flow=flow,
+        run_id=run_id,
+        status=status,
+        error=" ".join(error.split()),
+        code=error_code(error),
+        rerun=rerun_command(flow, parameters, mail.config_dir, mail.db),
+        link=_run_link(run_id),
+    )
+    try:
+        refused = mail_failure(failure, mail.to, mail.outbox_dir)
+    except Exception as exc:
+        get_run_logger().warning("could not mail the failure of run %s: %s", run_id, exc)
+        return
+    if refused:
+        get_run_logger().warning(
+            "the failure mail of run %s was refused for %s", run_id, ", ".join(refused)
+        )
+
+
+def _mail_crashed(store: Store, crashed: list[str], mail: FailureMail) -> None:
+    for run in recent_runs(store, 50):
+        if run["run_id"] in crashed and run["flow"] in ("nightly", "rerun"):
+            message = run.get("message") or "crashed"
+            _mail_failure(
+                mail, run["flow"], run["run_id"], "crashed", message, run.get("parameters") or {}
+            )
+
+
 @contextmanager
 def recorded_run(
-    store: Store, run_id: str, flow: str, parameters: dict[str, Any]
+    store: Store,
+    run_id: str,
+    flow: str,
+    parameters: dict[str, Any],
+    failure_mail: FailureMail | None = None,
 ) -> Iterator[RunSummary]:
     """Hold the pipeline lock for the whole run and record the run in ``runs``: started on
     entry, completed or failed (with why) on exit.
@@ -183,6 +250,7 @@ def recorded_run(
         run_id: The run.
         flow: Flow name shown by ``feedback status``.
         parameters: The run's parameters, JSON-ready.
+        failure_mail: Who is mailed when this run fails, or finds runs that crashed.
 
     Yields:
         The run's summary, which the flow fills in; its counts are stored on exit.
@@ -190,14 +258,18 @@ def recorded_run(
     Raises:
         StoreError: Another run kept the lock for too long (code E022).
     """
-    with pipeline_lock(store, run_id, flow, on_wait=log_lock_wait):
+    with pipeline_lock(store, run_id, flow, on_wait=log_lock_wait) as lock:
         start_run(store, run_id, flow, parameters)
+        if failure_mail is not None and failure_mail.to and lock.crashed_runs:
+            _mail_crashed(store, lock.crashed_runs, failure_mail)
         summary = RunSummary(run_id=run_id)
         try:
             yield summary
         except Exception as exc:
             finish_run(store, run_id, "failed", summary.counts(), summary.model_versions, str(exc))
             _log_outcome(flow, run_id, "failed", summary)
+            if failure_mail is not None and failure_mail.to:
+                _mail_failure(failure_mail, flow, run_id, "failed", str(exc), parameters)
             raise
         finish_run(store, run_id, "completed", summary.counts(), summary.model_versions)
         _log_outcome(flow, run_id, "completed", summary)

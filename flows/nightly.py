@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows._tasks import (
+    FailureMail,
     RunSummary,
     analyse,
     log_lock_wait,
@@ -37,7 +38,7 @@ from pipelines.delivery.report import (
 )
 from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
-from pipelines.settings import PipelineSettings, load_settings
+from pipelines.settings import PipelineSettings, load_settings, outbox_dir_for
 from pipelines.stages import StageContext
 from pipelines.storage import Store, pipeline_lock, resolve_db_url
 
@@ -116,7 +117,10 @@ def nightly(
         "stages": stages,
         "resend_alerts": resend_alerts,
     }
-    with recorded_run(store, run_id, "nightly", parameters) as summary:
+    failure_mail = FailureMail(
+        settings.failure_mail_to, outbox_dir_for(settings, db_url), config_dir, db
+    )
+    with recorded_run(store, run_id, "nightly", parameters, failure_mail) as summary:
         selected = [
             source
             for source in load_sources(config_path("sources.yaml", config_dir))

@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows._tasks import (
+    FailureMail,
     RunSummary,
     analyse,
     open_store,
@@ -46,7 +47,7 @@ from pipelines.config import config_path
 from pipelines.delivery.alerts import AlertStage, delivery_backlog, rearm_alerts
 from pipelines.ingest.sources import load_sources
 from pipelines.registry import build_stages
-from pipelines.settings import load_settings
+from pipelines.settings import load_settings, outbox_dir_for
 from pipelines.stages import StageContext
 from pipelines.storage import pipeline_lock, resolve_db_url
 
@@ -127,7 +128,10 @@ def rerun(
         "resend_alerts": resend_alerts,
         "read_sources": read_sources,
     }
-    with recorded_run(store, run_id, "rerun", parameters) as summary:
+    failure_mail = FailureMail(
+        settings.failure_mail_to, outbox_dir_for(settings, db_url), config_dir, db
+    )
+    with recorded_run(store, run_id, "rerun", parameters, failure_mail) as summary:
         if end is not None and end <= start:
             raise ConfigError(
                 f"until ({end.isoformat()}) must be after since ({start.isoformat()}); "

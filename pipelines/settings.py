@@ -33,6 +33,8 @@ class PipelineSettings(BaseModel):
             set, ``outbox/`` beside the database (``outbox_dir_for``).
         reports_dir: Where HTML reports are written; when not set, ``reports/`` beside the
             database (``reports_dir_for``).
+        failure_mail_to: Who gets a mail when a nightly or rerun run fails or crashes (the
+            data team); same SMTP settings as the alerts.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -43,6 +45,14 @@ class PipelineSettings(BaseModel):
     analysis_chunk_size: int = Field(default=2000, ge=1, le=100_000)
     outbox_dir: Path = Path("outbox")
     reports_dir: Path = Path("reports")
+    failure_mail_to: list[str] = Field(default_factory=list)
+
+    @field_validator("failure_mail_to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        if any("@" not in address or any(c.isspace() for c in address) for address in value):
+            raise ValueError("must be a list of e-mail addresses, e.g. [data-team@example.com]")
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -181,6 +181,8 @@ class RunLock:
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
         self._lost = False
+        self.crashed_runs: list[str] = []
+        """Runs this lock marked ``crashed`` when it was taken (to notify about them)."""
         _add_holder_column(store)
 
     def holder(self) -> LockHolder | None:
@@ -234,6 +236,7 @@ class RunLock:
             return False
         if self.name == PIPELINE_LOCK:
             crashed = mark_crashed(self.store, _CRASHED, keep=self.owner)
+            self.crashed_runs = crashed
             if crashed:
                 logger.warning("marked run(s) %s crashed", ", ".join(crashed))
         self._start_heartbeat()
