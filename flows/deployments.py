@@ -1,12 +1,14 @@
 """The pipeline's Prefect deployments, served from one process by ``feedback serve``.
 
-Three deployments, the same ones ``prefect.yaml`` declares for a work pool:
+Three deployments, the flows ``prefect.yaml`` declares for a work pool, under their own names
+(``-local``), so that stopping ``feedback serve`` (which pauses its deployments) never pauses the
+ones ``prefect deploy --all`` registered on the same server:
 
-* ``nightly/nightly``: the nightly flow on a cron schedule in the configured timezone
+* ``nightly/nightly-local``: the nightly flow on a cron schedule in the configured timezone
   (``timezone`` in pipeline.yaml, Europe/Istanbul by default), never two runs at once;
-* ``watch/watch``: the near-real-time watch flow every ``watch_interval`` seconds;
-* ``rerun/rerun``: the rerun/backfill flow, on demand only
-  (``prefect deployment run 'rerun/rerun' --param since=2026-11-01``).
+* ``watch/watch-local``: the near-real-time watch flow every ``watch_interval`` seconds;
+* ``rerun/rerun-local``: the rerun/backfill flow, on demand only
+  (``prefect deployment run 'rerun/rerun-local' --param since=2026-11-01``).
 
 Schedules need a Prefect server with its scheduler; when ``PREFECT_API_URL`` is not set,
 ``serve_locally`` starts one on 127.0.0.1 (SQLite under ``$PREFECT_HOME``), so the team needs
@@ -40,6 +42,7 @@ from pipelines.storage import resolve_db_url
 __all__ = [
     "DEFAULT_NIGHTLY_CRON",
     "DEFAULT_WATCH_INTERVAL",
+    "SERVE_SUFFIX",
     "TAGS",
     "build_deployments",
     "local_prefect_server",
@@ -50,6 +53,8 @@ DEFAULT_NIGHTLY_CRON = "0 2 * * *"
 """02:00 every day, in the configured timezone."""
 DEFAULT_WATCH_INTERVAL = timedelta(seconds=60)
 TAGS = ["feedback"]
+SERVE_SUFFIX = "-local"
+"""Appended to the names of the deployments ``feedback serve`` serves (``nightly-local``...)."""
 _SERVER_START_TIMEOUT_S = 120.0
 
 
@@ -86,7 +91,7 @@ def build_deployments(
     defaults = {name: value for name, value in (("config_dir", config_dir), ("db", db)) if value}
     return [
         nightly.to_deployment(
-            name="nightly",
+            name=f"nightly{SERVE_SUFFIX}",
             schedule=nightly_schedule,
             parameters=defaults,
             concurrency_limit=1,
@@ -95,7 +100,7 @@ def build_deployments(
             f"{settings.timezone}).",
         ),
         watch.to_deployment(
-            name="watch",
+            name=f"watch{SERVE_SUFFIX}",
             schedule=Interval(watch_interval, timezone=settings.timezone),
             parameters=defaults,
             concurrency_limit=1,
@@ -103,11 +108,11 @@ def build_deployments(
             description="New feedback every few minutes; P1 alerts mailed at once.",
         ),
         rerun.to_deployment(
-            name="rerun",
+            name=f"rerun{SERVE_SUFFIX}",
             parameters=defaults,
             tags=TAGS,
             description="Backfill or recompute a date range: prefect deployment run "
-            "'rerun/rerun' --param since=2026-11-01 [--param until=...] "
+            f"'rerun/rerun{SERVE_SUFFIX}' --param since=2026-11-01 [--param until=...] "
             "[--param stages='[\"sentiment\"]'] [--param reanalyze=true].",
         ),
     ]

@@ -37,7 +37,8 @@ def test_nightly_cron_in_the_configured_zone_watch_on_interval_rerun_on_demand(
             str(bucharest_config), db="data/x.duckdb", watch_interval=timedelta(minutes=5)
         )
     }
-    assert set(deployments) == {"nightly", "watch", "rerun"}
+    assert set(deployments) == {"nightly-local", "watch-local", "rerun-local"}
+    deployments = {name.removesuffix("-local"): d for name, d in deployments.items()}
     nightly_schedule = deployments["nightly"].schedules[0].schedule
     assert (nightly_schedule.cron, nightly_schedule.timezone) == (
         DEFAULT_NIGHTLY_CRON,
@@ -72,9 +73,9 @@ def test_deployments_apply_to_a_prefect_server(prefect_harness: None) -> None:
     ids = [deployment.apply() for deployment in build_deployments()]
     with get_client(sync_client=True) as client:
         applied = {d.name: d for d in (client.read_deployment(i) for i in ids)}
-    assert applied["nightly"].schedules[0].schedule.timezone == "Europe/Istanbul"
-    assert applied["watch"].schedules[0].schedule.interval == timedelta(seconds=60)
-    assert applied["rerun"].schedules == []
+    assert applied["nightly-local"].schedules[0].schedule.timezone == "Europe/Istanbul"
+    assert applied["watch-local"].schedules[0].schedule.interval == timedelta(seconds=60)
+    assert applied["rerun-local"].schedules == []
 
 
 def test_prefect_yaml_matches_the_flows_and_the_default_timezone() -> None:
@@ -91,3 +92,5 @@ def test_prefect_yaml_matches_the_flows_and_the_default_timezone() -> None:
     assert nightly["cron"] == DEFAULT_NIGHTLY_CRON
     assert nightly["timezone"] == PipelineSettings().timezone
     assert deployments["rerun"]["schedules"] == []
+    # `feedback serve` pauses its deployments when it stops: never the deployed ones.
+    assert not set(deployments) & {d.name for d in build_deployments()}
