@@ -14,12 +14,18 @@ from rich.table import Table
 from flows._cli_alerts import delivery_listing
 from flows._cli_dates import parse_moment_option
 from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
-from flows._cli_runs import RUN_COLUMNS, run_rows
+from flows._cli_runs import RUN_COLUMNS, run_rows, stage_rows
 from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._secrets import mask_credentials
 from pipelines._validate import check_configuration
 from pipelines.settings import load_settings, outbox_dir_for
-from pipelines.storage import Store, quarantine_summary, recent_runs, resolve_db_url, schema
+from pipelines.storage import (
+    Store,
+    quarantine_summary,
+    recent_runs,
+    record_totals,
+    resolve_db_url,
+)
 
 __all__ = ["register"]
 
@@ -132,13 +138,14 @@ def status(
 ) -> None:
     """Show recent runs with their counts, what sits in quarantine and undelivered alerts.
 
-    ``--format json`` prints one object (runs, quarantine, deliveries, warnings, records_stored);
+    "Records stored" counts the originals, as the runs' "stored" do; copy-paste duplicates are
+    kept (``duplicate_of``) but counted as duplicates. ``--format json`` prints one object (runs,
+    stages, quarantine, deliveries, warnings, records_stored, copy_paste_duplicates_kept);
     ``--format csv`` prints the runs.
     """
     with Store(_db_url(config, db), read_only=True) as store:
-        runs_listing = Listing(
-            "runs", "Recent runs", RUN_COLUMNS, run_rows(recent_runs(store, limit))
-        )
+        runs = recent_runs(store, limit)
+        runs_listing = Listing("runs", "Recent runs", RUN_COLUMNS, run_rows(runs))
         rows = quarantine_summary(store)
         q_listing = Listing(
             "quarantine",
@@ -147,11 +154,21 @@ def status(
             [{"source": s, "reason": r, "rows": n} for s, r, n in rows],
         )
         deliveries, warnings = delivery_listing(store)
-        stored = store.count(schema.feedback)
+        rows_total, copy_paste = record_totals(store)
+    stages_listing = Listing(
+        "stages",
+        "Stages of the recent runs (records saved: new / re-analysed, seconds)",
+        ("run_id", "flow", "stage", "version", "rows", "new", "reanalysed", "seconds"),
+        stage_rows(runs),
+    )
     print_listings(
-        [runs_listing, q_listing, deliveries],
+        [runs_listing, stages_listing, q_listing, deliveries],
         output,
-        extra={"records_stored": stored, "warnings": warnings},
+        extra={
+            "records_stored": rows_total - copy_paste,
+            "copy_paste_duplicates_kept": copy_paste,
+            "warnings": warnings,
+        },
         console=console,
     )
 

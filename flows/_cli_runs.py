@@ -13,7 +13,7 @@ from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines.settings import load_settings
 from pipelines.storage import Store, recent_runs, resolve_db_url
 
-__all__ = ["RUN_COLUMNS", "open_read_only", "register", "run_rows"]
+__all__ = ["RUN_COLUMNS", "open_read_only", "register", "run_rows", "stage_rows"]
 
 RUN_COLUMNS = (
     "run_id",
@@ -66,6 +66,38 @@ def run_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "message": run.get("message"),
             }
         )
+    return rows
+
+
+def stage_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run and analysis stage: rows saved, new vs re-analysed records, seconds.
+
+    Args:
+        runs: ``recent_runs`` rows.
+
+    Returns:
+        Rows with ``run_id, flow, stage, version, rows, new, reanalysed, seconds`` (runs from
+        before these details were recorded show rows only).
+    """
+    rows = []
+    for run in runs:
+        counts = run.get("counts") or {}
+        details = counts.get("stage_details") or {}
+        versions = run.get("model_versions") or {}
+        for stage, saved in (counts.get("stages") or {}).items():
+            detail = details.get(stage, {})
+            rows.append(
+                {
+                    "run_id": run["run_id"],
+                    "flow": run["flow"],
+                    "stage": stage,
+                    "version": versions.get(stage),
+                    "rows": saved,
+                    "new": detail.get("new"),
+                    "reanalysed": detail.get("reanalysed"),
+                    "seconds": detail.get("seconds"),
+                }
+            )
     return rows
 
 

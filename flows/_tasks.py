@@ -89,6 +89,9 @@ class RunSummary:
         cached_stages: Stages whose results came from Prefect's cache instead of being computed.
         report: Path of the HTML report the run wrote, if any.
         delivery: Alert deliveries not accepted by the mail server at the end of the run.
+        stage_new: Stage name -> records the stage analysed for the first time.
+        stage_reanalysed: Stage name -> records the stage analysed again (reruns).
+        stage_seconds: Stage name -> seconds it ran (and saved).
     """
 
     run_id: str
@@ -102,6 +105,9 @@ class RunSummary:
     cached_stages: list[str] = field(default_factory=list)
     report: str | None = None
     delivery: DeliveryBacklog | None = None
+    stage_new: dict[str, int] = field(default_factory=dict)
+    stage_reanalysed: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def raise_for_failed_sources(self, next_step: str) -> None:
         """Fail the run (code E011) when a source could not be read, after the others ran.
@@ -128,6 +134,15 @@ class RunSummary:
             "analysed": self.analysed,
             "cached_stages": self.cached_stages,
             "delivery": self.delivery.as_dict() if self.delivery else None,
+            "stage_details": {
+                name: {
+                    "rows": rows,
+                    "new": self.stage_new.get(name, 0),
+                    "reanalysed": self.stage_reanalysed.get(name, 0),
+                    "seconds": self.stage_seconds.get(name, 0.0),
+                }
+                for name, rows in self.stage_rows.items()
+            },
         }
 
     def unsupported_languages(self) -> int:
@@ -443,6 +458,9 @@ def analyse(
     summary.cached_stages = result.cached_stages
     summary.languages = result.languages
     summary.channels = result.channels
+    summary.stage_new = result.stage_new
+    summary.stage_reanalysed = result.stage_reanalysed
+    summary.stage_seconds = result.stage_seconds
     return result
 
 

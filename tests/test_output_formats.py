@@ -88,7 +88,15 @@ def test_runs_json_and_csv_carry_every_run_with_summed_counts(filled: str) -> No
 
 def test_status_json_has_every_section_and_csv_the_runs(filled: str) -> None:
     document = json.loads(_cli("status", "--db", filled, "--format", "json"))
-    assert set(document) == {"runs", "quarantine", "deliveries", "records_stored", "warnings"}
+    assert set(document) == {
+        "runs",
+        "stages",
+        "quarantine",
+        "deliveries",
+        "records_stored",
+        "copy_paste_duplicates_kept",
+        "warnings",
+    }
     assert document["quarantine"] == [{"source": "a", "reason": "bad_csv_row", "rows": 2}]
     assert len(document["deliveries"]) == 2 and document["records_stored"] == 0
     assert {run["status"] for run in document["runs"]} == {"completed", "failed"}

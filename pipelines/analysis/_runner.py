@@ -13,6 +13,7 @@ chunk, plus the chunk itself: a chunk sees what one smaller run would have seen.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,9 @@ class AnalysisResult:
         cached_stages: Stages whose every chunk came from the cache instead of being computed.
         languages: Language -> records in scope.
         channels: Channel -> records in scope.
+        stage_new: Stage name -> records saved for the first time by the stage (any version).
+        stage_reanalysed: Stage name -> records saved again (they had results of the stage).
+        stage_seconds: Stage name -> seconds spent running and saving it.
     """
 
     in_scope: int = 0
@@ -80,6 +84,9 @@ class AnalysisResult:
     cached_stages: list[str] = field(default_factory=list)
     languages: dict[str, int] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
+    stage_new: dict[str, int] = field(default_factory=dict)
+    stage_reanalysed: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def save_results(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
@@ -212,6 +219,7 @@ def analyse_in_chunks(
         result.chunks += 1
         upstream: list[str] = []
         for stage in stages:
+            started = time.perf_counter()
             batch, cached = run_step(stage, batch, context, tuple(upstream))
             # A stage may settle its version while running (topics: the model it fitted or loaded).
             result.model_versions[stage.name] = stage.version
@@ -219,7 +227,16 @@ def analyse_in_chunks(
                 computed.add(stage.name)
             to_save = batch[batch["id"].isin(needed[stage.name])]
             if not to_save.empty:
+                ids = [str(record_id) for record_id in to_save["id"]]
+                seen = len(saved_record_ids(store, stage.name, None, ids))
+                result.stage_reanalysed[stage.name] = (
+                    result.stage_reanalysed.get(stage.name, 0) + seen
+                )
+                result.stage_new[stage.name] = result.stage_new.get(stage.name, 0) + len(ids) - seen
                 result.stage_rows[stage.name] += save_step(stage, to_save, context)
+            result.stage_seconds[stage.name] = round(
+                result.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started, 3
+            )
             upstream.append(f"{stage.name}={stage.version}")
             if after_step is not None:
                 after_step()

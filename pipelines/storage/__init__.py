@@ -85,6 +85,7 @@ from pipelines.storage._report_queries import (
     stored_topics,
 )
 from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
+from pipelines.storage._status_queries import record_totals
 from pipelines.storage._store import DB_URL_ENV, DEFAULT_DB_PATH, Refused, Store, resolve_db_url
 
 __all__ = [
@@ -147,6 +148,7 @@ __all__ = [
     "record_replays",
     "record_sentiments",
     "record_topic_assignments",
+    "record_totals",
     "release_stale_claims",
     "resolve_alerts",
     "resolve_db_url",
