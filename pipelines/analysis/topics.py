@@ -89,6 +89,12 @@ class TopicSettings(BaseModel):
     match_min_similarity: float = Field(default=0.5, gt=-1.0, le=1.0)
     keywords_per_topic: int = Field(default=8, ge=1)
     examples_per_topic: int = Field(default=3, ge=0)
+    brand_names: list[str] = Field(default_factory=list)
+    """Words never used as keywords or labels (the company's and its products' names): they
+    are in every topic and tell nothing apart."""
+    extra_stop_words: dict[str, list[str]] = Field(default_factory=dict)
+    """Language -> words added to spaCy's stop words for keywords (its Turkish list lacks
+    ``bir``, the commonest Turkish word)."""
 
 
 class TrendSettings(BaseModel):
@@ -286,8 +292,19 @@ def _language_means(embeddings: np.ndarray, langs: list[str | None]) -> dict[str
     return means
 
 
-def _keyword_documents(texts: list[str], langs: list[str | None]) -> list[str]:
-    return [" ".join(tokens(text, lang)) for text, lang in zip(texts, langs, strict=True)]
+def _keyword_documents(
+    texts: list[str], langs: list[str | None], settings: TopicSettings
+) -> list[str]:
+    """Keyword tokens per text, without stop words (spaCy's and ``extra_stop_words``) and
+    without the ``brand_names``."""
+    banned: dict[str | None, set[str]] = {}
+    documents = []
+    for text, lang in zip(texts, langs, strict=True):
+        if lang not in banned:
+            names = [*settings.brand_names, *settings.extra_stop_words.get(lang or "", [])]
+            banned[lang] = {word for name in names for word in tokens(name, lang)}
+        documents.append(" ".join(t for t in tokens(text, lang) if t not in banned[lang]))
+    return documents
 
 
 def _split_on_spaces(document: str) -> list[str]:
@@ -421,7 +438,7 @@ def fit_topic_model(
     centred = _unit(embeddings - np.stack([language_means[lang or _GLOBAL] for lang in langs]))
     clusters, cluster_keywords = _cluster(
         centred,
-        _keyword_documents(texts, langs),
+        _keyword_documents(texts, langs, settings),
         settings,
         previous.centroids if previous is not None else None,
     )
