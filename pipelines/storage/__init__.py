@@ -2,6 +2,8 @@
 
 ``schema`` holds the tables; ``Store`` opens the database and writes idempotently; the run lock
 and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in one package.
+Every query the other packages need is a typed function of a private module here (alerts,
+report, analysis, ingest); ``tests/test_storage_layer.py`` fails on SQL written elsewhere.
 """
 
 from pipelines.storage import schema
