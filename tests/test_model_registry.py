@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from flows.cli import app
+from models.sentiment import DatasetInfo, DatasetSplit, HeadMetadata, SentimentHead
+from models.sentiment.store_models import (
+    GateDecision,
+    head_artifact,
+    head_from_artifact,
+    is_held_back,
+    promotion_gate,
+    score_head,
+)
 from pipelines._errors import ModelVersionError
 from pipelines.storage import (
     Store,
@@ -71,3 +86,121 @@ def test_unknown_versions_are_refused(store: Store) -> None:
         promote_model(store, "v9")
     with pytest.raises(ModelVersionError, match="feedback models list"):
         model_artifact(store, "v9")
+
+
+# --- The promotion gate, on heads and features built here --------------------------------------
+
+_DIRECTIONS = np.eye(3, 384, dtype=np.float32) * 4.0
+
+
+def _head(version: str, out_weight: np.ndarray) -> SentimentHead:
+    metadata = HeadMetadata(version=version, encoder_version="enc-test")
+    return SentimentHead({"out.weight": out_weight, "out.bias": np.zeros(3)}, metadata)
+
+
+def _features(texts: list[str]) -> np.ndarray:
+    """Text ``"<label index>-<n>"`` -> a vector pointing at its class, plus a little noise."""
+    generator = np.random.default_rng(len(texts))
+    vectors = np.stack([_DIRECTIONS[int(text.split("-")[0])] for text in texts])
+    return vectors + generator.normal(scale=0.3, size=vectors.shape).astype(np.float32)
+
+
+def _split(name: str, lang: str) -> DatasetSplit:
+    labels = [index for index in range(3) for _ in range(10)]
+    frame = pd.DataFrame(
+        {
+            "id": [f"{name}{n}" for n in range(len(labels))],
+            "text": [f"{label}-{n}" for n, label in enumerate(labels)],
+            "label": labels,
+            "lang": lang,
+            "weight": 1.0,
+        }
+    )
+    return DatasetSplit(DatasetInfo(name, Path(name), "test"), "dev", frame)
+
+
+def test_gate_refuses_a_worse_model_and_passes_a_better_one() -> None:
+    dev = [_split("tr_set", "tr"), _split("en_set", "en")]
+    holdout = _split("store", "tr").frame
+    good = _head("good", _DIRECTIONS)
+    # Confuses negative with neutral: worse everywhere.
+    worse = _head("worse", _DIRECTIONS[[1, 0, 2]])
+    good_scores = score_head(good, dev, holdout, _features)
+    worse_scores = score_head(worse, dev, holdout, _features)
+    assert good_scores.languages["tr"] > 0.95 and worse_scores.languages["tr"] < 0.5
+    assert good_scores.holdout_rows == 30
+
+    refused = promotion_gate(worse_scores, good_scores)
+    assert not refused.passed
+    assert [reason.split()[0] for reason in refused.reasons] == ["en", "tr", "held-back"]
+    assert "drops" in refused.reasons[0] and "does not beat" in refused.reasons[2]
+    assert promotion_gate(good_scores, worse_scores) == GateDecision(True, [])
+
+    # Equal is not better; a drop within one point is tolerated; no held-back labels: refused.
+    same = promotion_gate(good_scores, good_scores)
+    assert len(same.reasons) == 1 and same.reasons[0].startswith("held-back")
+    assert good_scores.holdout_macro_f1 is not None
+    tolerated = replace(
+        good_scores,
+        languages={**good_scores.languages, "tr": good_scores.languages["tr"] - 0.009},
+        holdout_macro_f1=good_scores.holdout_macro_f1 + 0.01,
+    )
+    assert promotion_gate(tolerated, good_scores).passed
+    unlabelled = score_head(good, dev, holdout.iloc[0:0], _features)
+    assert "no held-back human labels" in promotion_gate(unlabelled, unlabelled).reasons[0]
+
+
+def test_held_back_slice_is_stable_and_about_one_in_five() -> None:
+    ids = [f"record-{n}" for n in range(2000)]
+    held = [record_id for record_id in ids if is_held_back(record_id)]
+    assert 0.17 < len(held) / len(ids) < 0.23
+    assert held == [record_id for record_id in ids if is_held_back(record_id)]
+
+
+def test_head_round_trips_through_the_registry(store: Store) -> None:
+    head = _head("v-good", _DIRECTIONS)
+    weights, metadata = head_artifact(head)
+    register_model(
+        store,
+        version=head.version,
+        kind="sentiment",
+        head_metadata=metadata,
+        weights=weights,
+        metrics={},
+        parent_version=None,
+    )
+    loaded = head_from_artifact(model_artifact(store, head.version))
+    vectors = _features(["0-1", "1-2", "2-3"])
+    np.testing.assert_allclose(loaded.predict_proba(vectors), head.predict_proba(vectors))
+    assert loaded.metadata == head.metadata
+
+
+def test_models_cli_refuses_a_candidate_that_failed_its_gate(db_url: str) -> None:
+    with Store(db_url) as store:
+        for version, gate in (("v-bad", ["tr dev macro-F1 drops 0.050"]), ("v-ok", [])):
+            register_model(
+                store,
+                version=version,
+                kind="sentiment",
+                head_metadata={},
+                weights=b"",
+                metrics={"gate": {"passed": not gate, "reasons": gate}},
+                parent_version=None,
+            )
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "promote", "v-bad", "--db", db_url])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error [E093] v-bad failed its gate at training: tr dev")
+    result = runner.invoke(app, ["models", "promote", "v-ok", "--db", db_url])
+    assert result.exit_code == 0 and "promoted v-ok" in result.output
+    result = runner.invoke(app, ["models", "promote", "v-bad", "--force", "--db", db_url])
+    assert result.exit_code == 0 and "promoted v-bad (was v-ok)" in result.output
+    result = runner.invoke(app, ["models", "list", "--db", db_url])
+    assert result.exit_code == 0 and "v-bad" in result.output and "failed" in result.output
+    result = runner.invoke(app, ["models", "rollback", "--db", db_url])
+    assert result.exit_code == 0 and "retired v-bad; now using v-ok" in result.output
+    runner.invoke(app, ["models", "rollback", "--db", db_url])
+    result = runner.invoke(app, ["models", "rollback", "--db", db_url])
+    assert result.exit_code == 1 and "Error [E092] no sentiment model is promoted" in result.output
+    result = runner.invoke(app, ["models", "promote", "v-404", "--db", db_url])
+    assert result.exit_code == 1 and "Error [E092] model v-404 is not in the store" in result.output
