@@ -17,7 +17,7 @@ from sqlalchemy import Table, func, select
 from pipelines.analysis.topics import TrendSettings
 from pipelines.analysis.trends import daily_negative_counts, detect_spikes, negative_events
 from pipelines.delivery.alerts import response_times
-from pipelines.storage import Store, schema
+from pipelines.storage import Store, list_models, schema
 
 __all__ = [
     "HISTORY_DAYS",
@@ -455,6 +455,24 @@ def _alerts_by_lead(store: Store, records: pd.DataFrame, day: date) -> pd.DataFr
     return times
 
 
+def _model_changes(store: Store, start: datetime, end: datetime, zone: ZoneInfo) -> list[str]:
+    """A note per sentiment model promoted in ``[start, end)`` (``feedback models``)."""
+    notes = []
+    for model in sorted(list_models(store, "sentiment"), key=lambda m: m.promoted_at or end):
+        promoted = model.promoted_at
+        if promoted is None:
+            continue
+        promoted = promoted if promoted.tzinfo else promoted.replace(tzinfo=UTC)
+        if start <= promoted < end:
+            notes.append(
+                f"The sentiment model changed on {promoted.astimezone(zone):%Y-%m-%d}: "
+                f"{model.version} was promoted, trained with this company's labels (`feedback "
+                "models list`). Records analysed before then keep the earlier model's results "
+                "unless `feedback rerun --reanalyze` recomputed them."
+            )
+    return notes
+
+
 def build_report(
     store: Store, day: date, timezone: str, trend_settings: TrendSettings | None = None
 ) -> DailyReport:
@@ -481,6 +499,7 @@ def build_report(
             "No sentiment results in this period: net sentiment is not shown. Add `sentiment` "
             "to `stages` in pipeline.yaml, then `feedback rerun --since <first day>`."
         )
+    notes += _model_changes(store, start, end, zone)
     aspects = _aspect_mentions(store, records, versions) if not records.empty else pd.DataFrame()
     topics = _topic_assignments(store, records, versions) if not records.empty else pd.DataFrame()
 
