@@ -33,9 +33,9 @@ def _gate_failures(metrics: dict[str, object]) -> list[str]:
 
 
 def _committed_head_path() -> Path:
-    from pipelines.analysis.sentiment import _repo_path, load_sentiment_config
+    from pipelines.analysis.sentiment import load_sentiment_config
 
-    return _repo_path(load_sentiment_config().e5_head.head)
+    return load_sentiment_config().e5_head.head_path
 
 
 def train_from_store(

@@ -210,3 +210,28 @@ def test_rated_records_become_weak_labels_once(store: Store) -> None:
     texts = labelled_texts(store).set_index("record_id")
     assert texts.loc["r1", "sentiment"] == "neutral" and texts.loc["r1", "kind"] == "human"
     assert texts.loc["r3", "text"] == long and texts.loc["r3", "lang"] == "tr"
+
+
+def test_store_labels_become_weighted_training_rows_and_a_held_back_slice(store: Store) -> None:
+    from models.sentiment.store_models import is_held_back
+    from models.sentiment.store_training import HUMAN_WEIGHT, RATING_WEIGHT, store_label_sets
+    from pipelines.storage import Label, record_labels
+
+    long = "z" * RATING_LABEL_MIN_CHARS
+    _records(store.url, [(f"r{n}", f"e{n}", 2, long) for n in range(12)])
+    record_labels(store, [Label(f"r{n}", sentiment="positive") for n in range(6)])
+    record_rating_labels(store)
+    with store.begin() as connection:  # a record in a language the model does not support
+        connection.execute(
+            schema.feedback.update().where(schema.feedback.c.id == "r11").values(lang="de")
+        )
+    sets = store_label_sets(store)
+    held = {f"r{n}" for n in range(6) if is_held_back(f"r{n}")}
+    assert held and set(sets.holdout["id"]) == held
+    assert set(sets.holdout["label"]) == {2}
+    train = sets.train.set_index("id")
+    assert set(train.index) == {f"r{n}" for n in range(11)} - held
+    assert set(train.loc[train["kind"] == "human", "weight"]) == {HUMAN_WEIGHT}
+    rated = train[train["kind"] == "rating"]
+    assert set(rated.index) == {f"r{n}" for n in range(6, 11)}
+    assert set(rated["weight"]) == {RATING_WEIGHT} and set(rated["label"]) == {0}

@@ -213,7 +213,8 @@ def train_candidate(
     """
     record_rating_labels(store)
     sets = store_label_sets(store)
-    config = _with_store_set(config)
+    if not sets.train.empty:
+        config = _with_store_set(config)
     cache = FeatureCache(encoder, cache_root, layers=config.encoder_layers)
     with tempfile.TemporaryDirectory(prefix="feedback-train-") as folder:
         write_training_folder(folder, datasets_dir or shared_datasets_dir(), sets)

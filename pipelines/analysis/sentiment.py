@@ -72,6 +72,11 @@ class E5HeadSettings(BaseModel):
     encoder_dtype: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     batch_size: int = Field(64, ge=1)
 
+    @property
+    def head_path(self) -> Path:
+        """The committed head's path, resolved against the repository root."""
+        return _repo_path(self.head)
+
 
 class HFSettings(BaseModel):
     """The ``hf_sequence_classification`` backend: a local HF folder."""
@@ -250,7 +255,7 @@ class E5HeadBackend(SentimentBackend):
         """
         from models.sentiment import SentimentHead
 
-        head = SentimentHead.load(_repo_path(settings.head))
+        head = SentimentHead.load(settings.head_path)
         encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype)
         return cls(encoder, head, settings.batch_size)
 
