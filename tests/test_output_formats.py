@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipelines.delivery.alerts import enqueue_alerts
 from pipelines.delivery.routing import load_routing
-from pipelines.storage import Store, finish_run, schema, start_run
+from pipelines.storage import Store, finish_run, register_model, schema, start_run
 from tests.test_alerts import ROUTING, T0, flagged
 
 LONG_MESSAGE = "[E011] 1 source(s) failed: shop_api: " + "connection refused " * 12 + "END"
@@ -133,3 +133,23 @@ def test_piped_table_is_plain_and_never_truncated(filled: str) -> None:
 def test_an_unknown_format_is_a_usage_error(filled: str) -> None:
     result = CliRunner().invoke(app, ["runs", "--db", filled, "--format", "xml"])
     assert result.exit_code == 2 and "xml" in result.output
+
+
+def test_models_list_json_and_csv(store: Store) -> None:
+    for version, gate in (("v-bad", ["tr dev macro-F1 drops 0.050"]), ("v-ok", [])):
+        register_model(
+            store,
+            version=version,
+            kind="sentiment",
+            head_metadata={},
+            weights=b"",
+            metrics={"gate": {"passed": not gate, "reasons": gate}},
+            parent_version=None,
+        )
+    models = json.loads(_cli("models", "list", "--db", store.url, "--format", "json"))
+    assert {m["version"]: m["gate"] for m in models} == {"v-bad": "failed", "v-ok": "passed"}
+    assert all(datetime.fromisoformat(m["created_at"]) for m in models)
+    rows = list(
+        csv.DictReader(io.StringIO(_cli("models", "list", "--db", store.url, "--format", "csv")))
+    )
+    assert sorted(row["version"] for row in rows) == ["v-bad", "v-ok"]

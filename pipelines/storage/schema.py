@@ -37,6 +37,7 @@ __all__ = [
     "flags",
     "labels",
     "metadata",
+    "model_versions",
     "quarantine",
     "quarantine_replays",
     "record_topics",
@@ -328,6 +329,21 @@ quarantine_replays = Table(
     Column("run_id", String(36), nullable=False, comment="the replay run"),
     Column("replayed_at", DateTime(timezone=True), nullable=False),
     comment="latest replay of each quarantined row; a replayed row is never replayed again",
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(100), primary_key=True, comment="the head's version"),
+    Column("kind", String(20), nullable=False, index=True, comment="sentiment"),
+    Column("status", String(12), nullable=False, comment="candidate, promoted or retired"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("promoted_at", DateTime(timezone=True), comment="last promotion; kept when retired"),
+    Column("parent_version", String(100), comment="model in use when it was trained"),
+    Column("metrics", JSONText, nullable=False, comment="dev, held-back and gate figures"),
+    Column("head_metadata", JSONText, nullable=False, comment="the head's JSON metadata"),
+    Column("weights", LargeBinary, nullable=False, comment="head weights, safetensors bytes"),
+    comment="models trained from the store's labels; the promoted one is used for analysis",
 )
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.
