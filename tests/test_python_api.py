@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import feedback_pipeline as fp
 from flows.cli import app
 from pipelines._errors import ConfigError
 from pipelines.storage import Store
+from tests._synthetic_feedback import THEMES, feedback_rows
 from tests.test_analyze import hf_config_dir  # noqa: F401  (fixture: tiny local classifier)
 from tests.test_export import fill
 
@@ -92,3 +94,18 @@ def test_connect_records_is_the_export(store: Store, tmp_path: Path) -> None:
     )
     assert exported.exit_code == 0, exported.output
     pd.testing.assert_frame_equal(fp.read_export(target), november)
+
+
+def test_analyze_fits_topics_on_its_input_once_for_every_chunk() -> None:
+    rows = feedback_rows(dict.fromkeys(THEMES, 3), datetime(2026, 11, 1, tzinfo=UTC), 3)
+    rows = rows[["id", "text", "lang"]].reset_index(drop=True)
+    assert len(rows) > 40
+    # 32 rows are enough to fit (min_records_to_fit 30) the first chunk; the second chunk is
+    # smaller but must be assigned with the same model, not left unassigned or refitted.
+    scored = fp.analyze(rows, stages=["topics"], chunk_size=32)
+    topics = [topic["id"] for topic in scored["topic"]]
+    assert set(topics[32:]) - {-1}  # without the first chunk's model: all unassigned
+    by_id: dict[int, set[tuple[str, ...]]] = {}
+    for topic in scored["topic"]:
+        by_id.setdefault(topic["id"], set()).add(tuple(topic["keywords"]))
+    assert all(len(variants) == 1 for variants in by_id.values())  # one model for all rows

@@ -685,7 +685,10 @@ class TopicStage(Stage):
         embedder = self.embedder or TextEmbedder(store=context.store)
         embeddings = embedder.batch_embeddings(result)
         if self._prepared_for != context.run_id:
+            # Once per run: later chunks of the same run (``feedback analyze`` without a store
+            # model fits on its first chunk) are assigned with the same model.
             self._settle_model(result, embeddings, embedder, context)
+            self._prepared_for = context.run_id
         model = self.model
         if model is None:
             ids = np.full(len(result), UNASSIGNED, dtype=np.int64)
