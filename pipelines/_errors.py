@@ -16,6 +16,7 @@ __all__ = [
     "PrivacyError",
     "SourceError",
     "StoreError",
+    "WebError",
 ]
 
 
@@ -96,3 +97,9 @@ class LabelError(FeedbackError):
     """A label names an unknown record, sentiment, aspect or polarity; nothing was written."""
 
     code = "E090"
+
+
+class WebError(FeedbackError):
+    """The triage web page cannot start or refused a request (secret, link, session, CSRF)."""
+
+    code = "E070"
