@@ -218,7 +218,6 @@ def _message(
     message["Date"] = format_datetime(now)
     message["Message-ID"] = f"<{header_safe(message_id, 200)}@{_MESSAGE_ID_DOMAIN}>"
     message["Auto-Submitted"] = "auto-generated"
-    message["Content-Language"] = lang
     for name, value in extra_headers.items():
         message[name] = header_safe(value, 4000)
     message.set_content(plain)
@@ -228,6 +227,7 @@ def _message(
         f'<body dir="{direction}" style="font-family: sans-serif">{html_body}</body></html>',
         subtype="html",
     )
+    message["Content-Language"] = lang
     return message
 
 
