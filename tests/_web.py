@@ -86,7 +86,8 @@ def seed(
     Args:
         store: The database.
         config: The config folder (routing).
-        records: ``(id, lang, text, **columns)`` dicts; a default English and Persian pair.
+        records: ``record_id``, ``lang``, ``text``, optional ``priority`` (default P1) and
+            feedback columns; a default English and Persian pair.
 
     Returns:
         record id -> alert id.
@@ -108,6 +109,7 @@ def seed(
             },
         ]
     ]
+    priorities = {row["id"]: row.pop("priority", "P1") for row in rows}
     store.insert_ignore(schema.feedback, rows)
     sentences = {}
     for row in rows:
@@ -157,7 +159,7 @@ def seed(
             {
                 **row,
                 "flagged": True,
-                "priority": "P1",
+                "priority": priorities[row["id"]],
                 "reasons": ["negative 0.91", "rating 1/5"],
                 "aspects": [{"aspect": "delivery_shipping", "polarity": "negative"}],
             }
