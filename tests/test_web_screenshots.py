@@ -49,7 +49,7 @@ RECORDS = [
     {
         "record_id": "en2",
         "lang": "en",
-        "text": "The courier left the parcel in the rain. Everything inside is soaked. Fast though.",
+        "text": "The courier left the parcel in the rain. Everything is soaked. Fast though.",
         "priority": "P1",
         "ingested_at": NOW - timedelta(hours=2),
     },
