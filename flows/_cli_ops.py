@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption, flow_db_parameter
+from pipelines._errors import WebError
 from pipelines.settings import load_settings
 from pipelines.storage import Store, resolve_db_url
 
@@ -117,7 +118,13 @@ def serve(
 
     timezone = load_settings(config).timezone
     if web:
-        start_web("127.0.0.1", web_port, str(config) if config else None, db, background=True)
+        try:
+            start_web("127.0.0.1", web_port, str(config) if config else None, db, background=True)
+        except WebError as exc:
+            reason = str(exc).split("] ", 1)[-1]
+            raise WebError(
+                f"{reason}; or leave the page out: feedback serve --no-web", code=exc.code
+            ) from None
     console.print(
         f"Serving nightly ('{cron}', {timezone}), watch (every {watch_interval:g} s) and rerun "
         "(on demand). Ctrl-C stops."

@@ -362,3 +362,6 @@ def test_web_refuses_to_start_without_a_secret(config: Path, tmp_path: Path) -> 
     short = CliRunner(env={"FEEDBACK_WEB_SECRET": SECRET[:20]})
     result = short.invoke(app, ["web", "--config", str(config)])
     assert result.exit_code == 1 and "fewer than 32" in result.output
+    served = runner.invoke(app, ["serve", "--config", str(config)])
+    assert served.exit_code == 1
+    assert "[E070]" in served.output and "feedback serve --no-web" in served.output
