@@ -365,3 +365,31 @@ def test_web_refuses_to_start_without_a_secret(config: Path, tmp_path: Path) -> 
     served = runner.invoke(app, ["serve", "--config", str(config)])
     assert served.exit_code == 1
     assert "[E070]" in served.output and "feedback serve --no-web" in served.output
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "expected"),
+    [
+        ("users.yaml", "admin: [data-team@example.com]\n", "key 'admin'"),
+        ("users.yaml", "admins: ['Data Team <dt@example.com>']\n", "not a plain email address"),
+        ("routing.yaml", None, "key 'routes.0.lang'"),
+        ("routing.yaml", "timezone", "unknown timezone"),
+    ],
+)
+def test_web_configuration_fails_closed(
+    config: Path, tmp_path: Path, file: str, text: str | None, expected: str
+) -> None:
+    from pipelines._errors import ConfigError
+    from pipelines.web import load_web_settings
+
+    routing = (config / "routing.yaml").read_text(encoding="utf-8")
+    if text is None:
+        text = routing.replace("lang: fa", "lang: de")
+    elif text == "timezone":
+        text = routing.replace("timezone: Asia/Tehran", "timezone: Mars/Olympus")
+    (config / file).write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_web_settings(
+            config, str(tmp_path / "x.duckdb"), environ={"FEEDBACK_WEB_SECRET": SECRET}
+        )
+    assert expected in str(refused.value)
