@@ -76,6 +76,10 @@ _STATUS_OF_CODE = {"E071": 403, "E072": 403, "E073": 403, "E074": 403, "E075": 4
 logger = logging.getLogger("feedback.web")
 
 
+class _SignIn(Exception):
+    """No valid session: the request goes to the sign-in page."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -189,9 +193,6 @@ def create_app(settings: WebSettings) -> FastAPI:
             raise _SignIn()
         return viewer
 
-    class _SignIn(Exception):
-        """No valid session: go to the sign-in page."""
-
     @app.exception_handler(_SignIn)
     async def sign_in_first(request: Request, _: _SignIn) -> RedirectResponse:
         return RedirectResponse("/login", status_code=303)
@@ -228,6 +229,8 @@ def create_app(settings: WebSettings) -> FastAPI:
         )
         return response
 
+    mailer = Mailer.from_env(settings.outbox_dir)
+
     def send_sign_in_link(email: str) -> None:
         moment = _now()
         link = signer.inbox_url(email, moment)
@@ -248,8 +251,6 @@ def create_app(settings: WebSettings) -> FastAPI:
                 send(message, [email])
         except OSError as exc:
             logger.warning("sign-in mail not sent: %s", type(exc).__name__)
-
-    mailer = Mailer.from_env(settings.outbox_dir)
 
     @app.post("/login")
     def login_request(

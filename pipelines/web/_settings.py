@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -129,8 +130,7 @@ def load_web_settings(
     from pipelines.analysis.aspects import load_aspect_config  # heavy imports: load lazily
 
     env = os.environ if environ is None else environ
-    secret = web_secret(env)
-    assert secret is not None
+    secret = cast(str, web_secret(env, required=True))
     pipeline = load_settings(config_dir)
     return WebSettings(
         secret=secret,

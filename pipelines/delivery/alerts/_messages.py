@@ -332,7 +332,7 @@ def build_digest_message(
     footer += [f"{mail_text(lang, 'inbox')}: {inbox}"] if inbox else []
     plain = "\n".join(
         [subject, "", " | ".join(headers)]
-        + [" | ".join(cell for cell in row if cell is not None) for row in shown]
+        + [" | ".join(row) for row in shown]
         + [""]
         + footer
         + [f"{mail_text(lang, 'terminal')}: feedback alerts list"]
