@@ -28,14 +28,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 from scipy.optimize import linear_sum_assignment
-from sqlalchemy import select
 
 from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder
 from pipelines.analysis.aspects import normalize_polarity
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    Store,
+    latest_topic_model_row,
+    schema,
+    topic_exists,
+    topic_label_map,
+    topic_members,
+    window_records,
+)
 from pipelines.text import tokens
 
 __all__ = [
@@ -468,12 +475,7 @@ def latest_topic_model(store: Store, encoder_version: str | None = None) -> Topi
     Returns:
         The model, or None when none is stored.
     """
-    table = schema.topic_models
-    query = select(table).order_by(table.c.fitted_at.desc()).limit(1)
-    if encoder_version is not None:
-        query = query.where(table.c.encoder_version == encoder_version)
-    with store.engine.connect() as connection:
-        row = connection.execute(query).mappings().first()
+    row = latest_topic_model_row(store, encoder_version)
     return TopicModel.from_row(row) if row is not None else None
 
 
@@ -486,9 +488,7 @@ def topic_labels(store: Store) -> dict[int, str]:
     Returns:
         Topic id -> label.
     """
-    table = schema.topic_labels
-    with store.engine.connect() as connection:
-        return {int(r.topic_id): r.label for r in connection.execute(select(table))}
+    return topic_label_map(store)
 
 
 def rename_topic(store: Store, topic_id: int, label: str) -> None:
@@ -505,37 +505,12 @@ def rename_topic(store: Store, topic_id: int, label: str) -> None:
     label = label.strip()
     if not label:
         raise ModelError("a topic label cannot be empty; pass the new label in quotes")
-    with store.engine.connect() as connection:
-        known = connection.execute(
-            select(schema.topics.c.topic_id).where(schema.topics.c.topic_id == topic_id).limit(1)
-        ).first()
-    if known is None:
+    if not topic_exists(store, topic_id):
         raise ModelError(f"no topic with id {topic_id}; list the ids with `feedback topics`")
     store.upsert(
         schema.topic_labels,
         [{"topic_id": topic_id, "label": label, "updated_at": datetime.now(UTC)}],
     )
-
-
-def _window_records(store: Store, start: datetime, end: datetime, limit: int) -> pd.DataFrame:
-    """The window's records, or a seeded uniform sample of ``limit`` of them (bounded memory)."""
-    table = schema.feedback
-    columns = [table.c.id, table.c.text, table.c.lang, table.c.created_at]
-    in_window = (
-        (table.c.created_at >= start) & (table.c.created_at <= end) & table.c.duplicate_of.is_(None)
-    )
-    with store.engine.connect() as connection:
-        ids = list(connection.execute(select(table.c.id).where(in_window)).scalars())
-        if len(ids) > limit:
-            sample = np.random.default_rng(_KMEANS_SEED).choice(len(ids), size=limit, replace=False)
-            ids = sorted(ids[index] for index in sample)
-        else:
-            ids.sort()
-        rows = []
-        for first in range(0, len(ids), 1000):
-            query = select(*columns).where(table.c.id.in_(ids[first : first + 1000]))
-            rows += connection.execute(query.order_by(table.c.id)).mappings().all()
-    return pd.DataFrame(rows, columns=["id", "text", "lang", "created_at"])
 
 
 def _as_of(batch: pd.DataFrame, context: StageContext) -> datetime:
@@ -606,7 +581,9 @@ class TopicStage(Stage):
         previous: TopicModel | None,
     ) -> TopicModel | None:
         start = as_of - timedelta(days=self.settings.window_days)
-        stored = _window_records(context.store, start, as_of, self.settings.max_fit_records)
+        stored = window_records(
+            context.store, start, as_of, self.settings.max_fit_records, _KMEANS_SEED
+        )
         stored = stored[~stored["id"].isin(set(batch["id"]))] if "id" in batch.columns else stored
         texts = [_text(value) for value in batch["text"]] + list(stored["text"])
         langs = _langs(batch) + _langs(stored)
@@ -730,34 +707,7 @@ def list_topics(store: Store, examples: int = 3) -> pd.DataFrame:
     model = latest_topic_model(store)
     if model is None:
         return pd.DataFrame(columns=columns)
-    with store.engine.connect() as connection:
-        assignments = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.record_topics.c.record_id,
-                    schema.record_topics.c.topic_id,
-                    schema.record_topics.c.similarity,
-                    schema.record_topics.c.created_at,
-                    schema.feedback.c.text,
-                    schema.feedback.c.lang,
-                ).join(schema.feedback, schema.feedback.c.id == schema.record_topics.c.record_id)
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "topic_id", "similarity", "created_at", "text", "lang"],
-        )
-        sentiments = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.sentiment.c.record_id,
-                    schema.sentiment.c.label,
-                    schema.sentiment.c.created_at,
-                )
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "label", "created_at"],
-        )
+    assignments, sentiments = topic_members(store)
     labels = topic_labels(store)
     assignments = assignments.sort_values("created_at").drop_duplicates("record_id", keep="last")
     sentiments = sentiments.sort_values("created_at").drop_duplicates("record_id", keep="last")
