@@ -149,7 +149,7 @@ def test_state_changing_link_confirms_and_every_post_needs_the_csrf_token(
     assert not acked(store, alerts["en1"]), "a GET (mail scanner prefetch) changes nothing"
 
     action = f"/alerts/{alerts['en1']}/ack"
-    for token in ("", "0" * 32):
+    for token in ("", "0" * 32, "ü" * 32):
         refused = browser.post(action, data={"csrf": token})
         assert refused.status_code == 403 and "E074" in refused.text
     assert not acked(store, alerts["en1"])

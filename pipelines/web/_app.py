@@ -110,8 +110,6 @@ def create_app(settings: WebSettings) -> FastAPI:
     app = FastAPI(
         title="Feedback triage", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
-    app.state.store = store
-    app.state.settings = settings
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -152,7 +150,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         )
 
     def require_csrf(expected: str, given: str | None) -> None:
-        if not given or not secrets.compare_digest(expected, given):
+        if not given or not secrets.compare_digest(expected.encode(), given.encode()):
             raise WebError(
                 "the form's security token is missing or stale; reload the page and try again",
                 code="E074",
