@@ -74,6 +74,11 @@ def _when(value: Any, zone: ZoneInfo) -> str:
     return _text(value)
 
 
+def _isolated(text: str, lang: str) -> str:
+    """Left-to-right text (times, ids) kept in order inside a right-to-left mail (LRI ... PDI)."""
+    return f"\u2066{text}\u2069" if lang in RTL_LANGUAGES else text
+
+
 def _parsed(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -99,7 +104,7 @@ def _details(alert: AlertContent, now: datetime) -> list[tuple[str, str, str]]:
         ("priority", _text(alert["priority"])),
         (
             "respond_by",
-            f"{_when(alert['respond_by'], zone)} "
+            f"{_isolated(_when(alert['respond_by'], zone), lang)} "
             f"({mail_text(lang, 'sla', hours=format(alert['sla_hours'], 'g'))})",
         ),
         ("why", _text(payload.get("summary"))),
@@ -261,7 +266,10 @@ def build_p1_message(
         f"{header_safe(payload.get('text'), _SNIPPET_CHARS)}"
     )
     heading = mail_text(
-        lang, "p1_heading", priority=alert["priority"], when=_when(alert["respond_by"], zone)
+        lang,
+        "p1_heading",
+        priority=alert["priority"],
+        when=_isolated(_when(alert["respond_by"], zone), lang),
     )
     return _message(
         sender,
