@@ -393,3 +393,33 @@ def test_web_configuration_fails_closed(
             config, str(tmp_path / "x.duckdb"), environ={"FEEDBACK_WEB_SECRET": SECRET}
         )
     assert expected in str(refused.value)
+
+
+def test_a_link_from_an_outbox_mail_opens_that_alerts_page(
+    store: Store,
+    config: Path,
+    alerts: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `make run` leaves: the alert stage writes .eml files whose links open the page."""
+    from pipelines.delivery.alerts import AlertStage
+    from pipelines.delivery.routing import load_routing
+    from pipelines.stages import StageContext
+
+    monkeypatch.delenv("FEEDBACK_SMTP_HOST", raising=False)
+    monkeypatch.delenv("FEEDBACK_WEB_URL", raising=False)
+    monkeypatch.setenv("FEEDBACK_WEB_SECRET", SECRET)
+    outbox = tmp_path / "outbox"
+    report = AlertStage(load_routing(config), outbox).deliver(StageContext(store, "run-1"))
+    assert report.messages_sent == 2
+    with live_web(store, config) as web:
+        for path in sorted(outbox.glob("*.eml")):
+            mail = email.message_from_bytes(path.read_bytes(), policy=default_policy)
+            text = mail.get_body(preferencelist=("plain",)).get_content()
+            opened = re.search(r"http://127\.0\.0\.1:8700(/l/\S+)", text)
+            assert opened, "FEEDBACK_WEB_URL's default base, a signed link"
+            browser = httpx.Client(base_url=web.url, follow_redirects=True, timeout=10)
+            page = browser.get(opened.group(1))
+            assert page.status_code == 200 and mail["X-Feedback-Alert-Id"] in page.text
+            assert "Respond by" in page.text
