@@ -2,6 +2,8 @@
 
 ``schema`` holds the tables; ``Store`` opens the database and writes idempotently; the run lock
 and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in one package.
+Every query the other packages need is a typed function of a private module here (alerts,
+report, analysis, ingest); ``tests/test_storage_layer.py`` fails on SQL written elsewhere.
 """
 
 from pipelines.storage import schema
@@ -51,9 +53,13 @@ from pipelines.storage._ingest_queries import quarantine_summary, recent_records
 from pipelines.storage._labels import (
     LABEL_KINDS,
     POLARITIES,
+    RATING_LABEL_MIN_CHARS,
     Label,
+    labelled_texts,
     latest_labels,
+    rating_sentiment,
     record_labels,
+    record_rating_labels,
     resolve_external_ids,
 )
 from pipelines.storage._locks import (
@@ -64,6 +70,17 @@ from pipelines.storage._locks import (
     RunLock,
     force_release,
     pipeline_lock,
+)
+from pipelines.storage._models import (
+    MODEL_STATUSES,
+    ModelArtifact,
+    ModelVersion,
+    list_models,
+    model_artifact,
+    promote_model,
+    promoted_model,
+    register_model,
+    rollback_model,
 )
 from pipelines.storage._report_queries import (
     alert_states,
@@ -99,14 +116,18 @@ __all__ = [
     "DEFAULT_LEASE",
     "DEFAULT_WAIT",
     "LABEL_KINDS",
+    "MODEL_STATUSES",
     "PIPELINE_LOCK",
     "POLARITIES",
+    "RATING_LABEL_MIN_CHARS",
     "ClaimedDelivery",
     "DatabaseUnavailable",
     "DeliveryOutcome",
     "DeliveryRow",
     "Label",
     "LockHolder",
+    "ModelArtifact",
+    "ModelVersion",
     "RangeScope",
     "RecordContext",
     "RecordScope",
@@ -132,11 +153,14 @@ __all__ = [
     "flagged_results",
     "force_release",
     "iter_chunks",
+    "labelled_texts",
     "latest_created_before",
     "latest_labels",
     "latest_topic_model_row",
+    "list_models",
     "load_run_records",
     "mark_crashed",
+    "model_artifact",
     "negative_aspects",
     "negative_customer_records",
     "newest_created_at",
@@ -144,9 +168,12 @@ __all__ = [
     "pending_deliveries",
     "period_records",
     "pipeline_lock",
+    "promote_model",
+    "promoted_model",
     "quarantine_summary",
     "query_alerts",
     "range_scope",
+    "rating_sentiment",
     "rearm_deliveries",
     "recent_records",
     "recent_runs",
@@ -154,13 +181,16 @@ __all__ = [
     "record_context",
     "record_event",
     "record_labels",
+    "record_rating_labels",
     "record_sentiments",
     "record_topic_assignments",
+    "register_model",
     "release_stale_claims",
     "resolve_alerts",
     "resolve_db_url",
     "resolve_external_ids",
     "retry_failed_deliveries",
+    "rollback_model",
     "run_scope",
     "saved_record_ids",
     "schema",

@@ -39,6 +39,7 @@ __all__ = [
     "labels",
     "login_attempts",
     "metadata",
+    "model_versions",
     "quarantine",
     "record_topics",
     "run_locks",
@@ -349,6 +350,21 @@ login_attempts = Table(
     Column("key", String(64), nullable=False, index=True, comment="keyed hash: address or client"),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     comment="sign-in link requests, for rate limiting (no address kept in clear)",
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(100), primary_key=True, comment="the head's version"),
+    Column("kind", String(20), nullable=False, index=True, comment="sentiment"),
+    Column("status", String(12), nullable=False, comment="candidate, promoted or retired"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("promoted_at", DateTime(timezone=True), comment="last promotion; kept when retired"),
+    Column("parent_version", String(100), comment="model in use when it was trained"),
+    Column("metrics", JSONText, nullable=False, comment="dev, held-back and gate figures"),
+    Column("head_metadata", JSONText, nullable=False, comment="the head's JSON metadata"),
+    Column("weights", LargeBinary, nullable=False, comment="head weights, safetensors bytes"),
+    comment="models trained from the store's labels; the promoted one is used for analysis",
 )
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.

@@ -9,7 +9,8 @@ conditional ``UPDATE ... WHERE status = 'pending' ... RETURNING`` taken with the
 locked, so concurrent delivery runs (nightly, watch, rerun; several processes on PostgreSQL)
 never mail the same recipient the same alert twice. A run that dies between sending and
 recording leaves the delivery ``sending``; after ``claim_timeout_s`` it is tried again (the
-receiver can de-duplicate on the stable ``Message-ID``).
+receiver can de-duplicate on the stable ``Message-ID``). The claims and outcomes are written by
+``pipelines.storage`` (``claim_deliveries``, ``settle_deliveries``).
 """
 
 from __future__ import annotations
