@@ -62,6 +62,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "flows._cli_runs",
     "flows._cli_export",
     "flows._cli_quarantine",
+    "flows._cli_web",
     "flows._cli_labels",
     "flows._cli_registry",
 )
