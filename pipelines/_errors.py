@@ -19,6 +19,7 @@ __all__ = [
     "PromotionRefused",
     "SourceError",
     "StoreError",
+    "WebError",
 ]
 
 
@@ -99,6 +100,12 @@ class LabelError(FeedbackError):
     """A label names an unknown record, sentiment, aspect or polarity; nothing was written."""
 
     code = "E090"
+
+
+class WebError(FeedbackError):
+    """The triage web page cannot start or refused a request (secret, link, session, CSRF)."""
+
+    code = "E070"
 
 
 class LabelFileError(LabelError):

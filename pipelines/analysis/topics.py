@@ -1,9 +1,10 @@
 """Discovered topics with stable ids: fit on a window, assign nightly, refit on schedule.
 
-Fitting uses BERTopic fed our precomputed embeddings: PCA as its dimensionality reduction and
-k-means as its clustering (UMAP + HDBSCAN cost minutes on 20,000 records on two cores and are
-not deterministic; see models/cards/topics.md for the measurements), and c-TF-IDF over
-spaCy-tokenised, stop-word-filtered text (``pipelines.text.tokens``) for keywords. Before
+Fitting follows BERTopic's recipe on our precomputed embeddings: PCA as the dimensionality
+reduction and k-means as the clustering (UMAP + HDBSCAN cost minutes on 20,000 records on two
+cores and are not deterministic; see models/cards/topics.md for the measurements), and
+BERTopic's class-based TF-IDF over spaCy-tokenised, stop-word-filtered text
+(``pipelines.text.tokens``) for keywords. Before
 clustering every embedding has its language's mean removed, so topics group what is said
 rather than the language it is said in.
 
@@ -18,6 +19,7 @@ in ``topic_models`` as JSON + safetensors (never pickle).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +55,7 @@ __all__ = [
     "TopicStage",
     "TopicsConfig",
     "TrendSettings",
+    "class_keywords",
     "fit_topic_model",
     "latest_topic_model",
     "list_topics",
@@ -312,12 +315,9 @@ def _cluster(
     settings: TopicSettings,
     previous_centroids: np.ndarray | None,
 ) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """BERTopic fit on PCA-reduced vectors with k-means; cluster per row, keywords per cluster."""
-    from bertopic import BERTopic
-    from bertopic.dimensionality import BaseDimensionalityReduction
+    """PCA-reduced vectors clustered with k-means; cluster per row, keywords per cluster."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
-    from sklearn.feature_extraction.text import CountVectorizer
 
     count = centred.shape[0]
     n_topics = int(
@@ -332,29 +332,61 @@ def _cluster(
         reducer.transform(previous_centroids) if previous_centroids is not None else None,
         n_topics,
     )
-    model = BERTopic(
-        umap_model=BaseDimensionalityReduction(),
-        hdbscan_model=KMeans(
+    clusters = (
+        KMeans(
             n_clusters=n_topics,
             init=initial,
             n_init=1 if isinstance(initial, np.ndarray) else 3,
             random_state=_KMEANS_SEED,
-        ),
-        vectorizer_model=CountVectorizer(analyzer=_split_on_spaces),
-        top_n_words=settings.keywords_per_topic,
-        language="multilingual",  # "english" would strip every non-ASCII character
-        calculate_probabilities=False,
-    )
-    has_vocabulary = any(documents)
-    model.fit(documents if has_vocabulary else ["_"] * count, embeddings=reduced)
-    clusters = np.asarray(model.topics_, dtype=np.int64)
-    keywords: dict[int, list[str]] = {}
-    for cluster in np.unique(clusters):
-        words = model.get_topic(int(cluster)) or []
-        keywords[int(cluster)] = (
-            [w for w, score in words if w and score > 0] if has_vocabulary else []
         )
-    return clusters, keywords
+        .fit_predict(reduced)
+        .astype(np.int64)
+    )
+    return clusters, class_keywords(documents, clusters, settings.keywords_per_topic)
+
+
+def class_keywords(
+    documents: Sequence[str], clusters: np.ndarray, top_n: int
+) -> dict[int, list[str]]:
+    """The top words of each cluster by class-based TF-IDF (c-TF-IDF, as BERTopic defines it).
+
+    A cluster's documents are joined into one; a word's weight is its L1-normalised frequency in
+    the cluster times ``log(1 + A / f)``, with ``A`` the average number of words per cluster and
+    ``f`` the word's frequency over all clusters. (BERTopic's own implementation is not imported:
+    it pulls in UMAP, HDBSCAN and numba, ~330 MB and a long JIT, for this one formula.)
+
+    Args:
+        documents: Space-separated tokens of each record (see ``tokens``).
+        clusters: Cluster of each record.
+        top_n: Keywords per cluster.
+
+    Returns:
+        Cluster -> keywords, best first (empty when no record of it has a token).
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    labels = sorted({int(cluster) for cluster in clusters})
+    if not any(documents):
+        return {label: [] for label in labels}
+    joined = [
+        " ".join(doc for doc, cluster in zip(documents, clusters, strict=True) if cluster == label)
+        for label in labels
+    ]
+    vectorizer = CountVectorizer(analyzer=_split_on_spaces)
+    counts = vectorizer.fit_transform(joined).astype(np.float64)
+    words = vectorizer.get_feature_names_out()
+    frequency = np.asarray(counts.sum(axis=0)).ravel()
+    average_words = int(counts.sum(axis=1).mean())
+    scores = normalize(counts, norm="l1", axis=1).multiply(np.log(average_words / frequency + 1))
+    scores = scores.tocsr()
+    keywords: dict[int, list[str]] = {}
+    for row, label in enumerate(labels):
+        start, end = scores.indptr[row], scores.indptr[row + 1]
+        values, columns = scores.data[start:end], scores.indices[start:end]
+        best = np.argsort(-values, kind="stable")[:top_n]
+        keywords[label] = [str(words[columns[i]]) for i in best if values[i] > 0]
+    return keywords
 
 
 def fit_topic_model(

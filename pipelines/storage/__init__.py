@@ -2,6 +2,8 @@
 
 ``schema`` holds the tables; ``Store`` opens the database and writes idempotently; the run lock
 and run bookkeeping are here too, so that DuckDB/PostgreSQL differences stay in one package.
+Every query the other packages need is a typed function of a private module here (alerts,
+report, analysis, ingest); ``tests/test_storage_layer.py`` fails on SQL written elsewhere.
 """
 
 from pipelines.storage import schema
@@ -93,6 +95,20 @@ from pipelines.storage._report_queries import (
 )
 from pipelines.storage._runs import finish_run, mark_crashed, recent_runs, start_run
 from pipelines.storage._store import DB_URL_ENV, DEFAULT_DB_PATH, Refused, Store, resolve_db_url
+from pipelines.storage._triage import (
+    RecordContext,
+    TriageEvent,
+    alert_ids_for,
+    assign_alert,
+    count_login_attempts,
+    negative_aspects,
+    note_login_attempt,
+    record_context,
+    record_event,
+    similar_records,
+    triage_alerts,
+    triage_events,
+)
 
 __all__ = [
     "DB_URL_ENV",
@@ -113,19 +129,24 @@ __all__ = [
     "ModelArtifact",
     "ModelVersion",
     "RangeScope",
+    "RecordContext",
     "RecordScope",
     "Refused",
     "RunLock",
     "RunScope",
     "Store",
+    "TriageEvent",
     "WindowResults",
     "ack_alerts",
+    "alert_ids_for",
     "alert_ids_of_records",
     "alert_states",
     "alert_statuses",
     "alert_timings",
+    "assign_alert",
     "cached_vectors",
     "claim_deliveries",
+    "count_login_attempts",
     "describe_reply",
     "ensure_deliveries",
     "finish_run",
@@ -140,8 +161,10 @@ __all__ = [
     "load_run_records",
     "mark_crashed",
     "model_artifact",
+    "negative_aspects",
     "negative_customer_records",
     "newest_created_at",
+    "note_login_attempt",
     "pending_deliveries",
     "period_records",
     "pipeline_lock",
@@ -155,6 +178,8 @@ __all__ = [
     "recent_records",
     "recent_runs",
     "record_aspects",
+    "record_context",
+    "record_event",
     "record_labels",
     "record_rating_labels",
     "record_sentiments",
@@ -172,11 +197,14 @@ __all__ = [
     "scoped_ids",
     "sent_alerts_of_records",
     "settle_deliveries",
+    "similar_records",
     "start_run",
     "stored_topics",
     "topic_exists",
     "topic_label_map",
     "topic_members",
+    "triage_alerts",
+    "triage_events",
     "undelivered",
     "window_records",
     "window_results",

@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "JSONText",
+    "alert_assignments",
     "alert_deliveries",
     "alerts",
     "aspects",
@@ -36,6 +37,7 @@ __all__ = [
     "feedback",
     "flags",
     "labels",
+    "login_attempts",
     "metadata",
     "model_versions",
     "quarantine",
@@ -48,6 +50,7 @@ __all__ = [
     "topic_labels",
     "topic_models",
     "topics",
+    "triage_events",
     "watermarks",
 ]
 
@@ -315,6 +318,38 @@ labels = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     comment="labels for training: the newest human label of a record wins over weak ones",
+)
+
+triage_events = Table(
+    "triage_events",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", Text, nullable=False, comment="lead address, or cli:<user>"),
+    Column("action", String(20), nullable=False, comment="signin, ack, assign, resolve, label..."),
+    Column("alert_id", String(16), index=True),
+    Column("record_id", String(32)),
+    Column("note", Text),
+    Column("detail", JSONText),
+    comment="audit log of every triage action (web page and CLI); an alert's history",
+)
+
+alert_assignments = Table(
+    "alert_assignments",
+    metadata,
+    Column("alert_id", String(16), primary_key=True),
+    Column("assignee", Text, nullable=False, comment="lead address the alert is assigned to"),
+    Column("assigned_by", Text, nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("attempt_id", String(32), primary_key=True),
+    Column("key", String(64), nullable=False, index=True, comment="keyed hash: address or client"),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    comment="sign-in link requests, for rate limiting (no address kept in clear)",
 )
 
 model_versions = Table(
