@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipelines.ingest import ingest_batch
 from pipelines.ingest.sources import load_sources
-from pipelines.storage import Store, finish_run, schema, start_run
+from pipelines.storage import (
+    Store,
+    finish_run,
+    flagged_results,
+    record_aspects,
+    record_sentiments,
+    schema,
+    start_run,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LONG = 300
@@ -163,3 +172,21 @@ def test_an_older_schema_with_bounded_free_text_is_widened(db_url: str) -> None:
         }
     assert getattr(columns["author"], "length", None) is None
     assert columns["id"].length == 32
+
+
+def test_report_queries_take_more_record_ids_than_one_statement_can_bind(store: Store) -> None:
+    # PostgreSQL binds at most 65,535 parameters per statement; 28 days of a busy shop name more
+    # records than that. Stored rows come back whatever their position in the id list.
+    now = datetime.now(UTC)
+    row = {"record_id": "r-last", "model_version": "m1", "label": "negative", "run_id": "run"}
+    store.upsert(
+        schema.sentiment,
+        [{**row, "negative": 0.9, "neutral": 0.05, "positive": 0.05, "created_at": now}],
+    )
+    ids = [f"r-{index}" for index in range(70_000)] + ["r-last"]
+
+    found = record_sentiments(store, ids)
+
+    assert found["record_id"].tolist() == ["r-last"]
+    assert record_aspects(store, ids).empty and flagged_results(store, ids).empty
+    assert record_sentiments(store, []).empty

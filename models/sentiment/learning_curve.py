@@ -10,8 +10,9 @@ feature cache. Run::
     nice -n 10 python -m models.sentiment.learning_curve --heldout turkish_tweets_binary_tr \\
         --out benchmarks/learning_curve.md
 
-``--max-train-rows N`` caps every other set's train rows (first N of a seeded shuffle) to bound
-the embedding time on a small CPU; the card states the cap used.
+``--max-train-rows N`` caps every other set's train rows (N of a seeded shuffle) and the
+``datasets`` selection of ``--config`` limits the other sets, to bound the embedding time on a
+small CPU; the card states what was used.
 """
 
 from __future__ import annotations
@@ -37,24 +38,38 @@ from models.sentiment._datasets import (
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import SentimentHead
 from models.sentiment.store_training import train_candidate
-from models.sentiment.train import DatasetSelection, load_training_config, train_head
+from models.sentiment.train import (
+    DatasetSelection,
+    load_training_config,
+    select_datasets,
+    train_head,
+)
 from pipelines.storage import Label, Store, record_labels, schema
 
 __all__ = ["main"]
 
 
-def _capped_copy(sets: list[DatasetInfo], folder: Path, max_rows: int | None, seed: int) -> Path:
-    """The sets in ``folder``: dev rows whole, train rows capped at ``max_rows``."""
+def _capped_copy(
+    sets: list[DatasetInfo], chosen: list[DatasetInfo], folder: Path, cap: int | None, seed: int
+) -> Path:
+    """The chosen sets in ``folder``: dev rows whole, train rows capped at ``cap``.
+
+    The capped rows of a set do not depend on which sets are chosen: every set of ``sets`` draws
+    from the seeded generator in turn (so cached features are reused across runs).
+    """
     generator = np.random.default_rng(seed)
+    names = {info.name for info in chosen}
     for info in sets:
         lines = info.path.read_text(encoding="utf-8").splitlines()
         train = [line for line in lines if json.loads(line).get("split") == "train"]
         others = [line for line in lines if json.loads(line).get("split") != "train"]
-        if max_rows is not None and len(train) > max_rows:
-            train = [train[index] for index in sorted(generator.permutation(len(train))[:max_rows])]
-        target = folder / info.name
-        target.mkdir(parents=True)
-        (target / "data.jsonl").write_text("\n".join(train + others) + "\n", encoding="utf-8")
+        if cap is not None and len(train) > cap:
+            train = [train[index] for index in sorted(generator.permutation(len(train))[:cap])]
+        if info.name in names:
+            target = folder / info.name
+            target.mkdir(parents=True)
+            text = "\n".join(train + others) + "\n"
+            (target / "data.jsonl").write_text(text, encoding="utf-8")
     return folder
 
 
@@ -109,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
     config = load_training_config(args.config)
     found = discover_datasets(args.datasets or shared_datasets_dir())
     [heldout] = [info for info in found if info.name == args.heldout]
-    others = [info for info in found if info.name != args.heldout]
+    candidates = [info for info in found if info.name != args.heldout]
+    others = select_datasets(candidates, config.datasets)
     config = config.model_copy(update={"datasets": DatasetSelection()})
     pool = read_split(heldout, "train")
     scored = read_split(heldout, "dev")
@@ -120,7 +136,9 @@ def main(argv: list[str] | None = None) -> str:
     say = print
     rows = []
     with tempfile.TemporaryDirectory(prefix="feedback-curve-") as scratch:
-        datasets = _capped_copy(others, Path(scratch) / "sets", args.max_train_rows, config.seed)
+        datasets = _capped_copy(
+            candidates, others, Path(scratch) / "sets", args.max_train_rows, config.seed
+        )
         base = train_head(config, cache, datasets, say).head
         base_f1 = _macro_f1(base, cache, scored)
         rows.append((0, 0, base_f1, None))
@@ -144,7 +162,8 @@ def main(argv: list[str] | None = None) -> str:
     cap = f"{args.max_train_rows}" if args.max_train_rows else "none"
     lines = [
         f"Held-out set `{heldout.name}` ({len(pool.frame)} train rows to label from, scored on "
-        f"its {len(scored.frame)} dev rows); other sets' train rows capped at {cap}; "
+        f"its {len(scored.frame)} dev rows); trained with {', '.join(i.name for i in others)}, "
+        f"train rows capped at {cap}; "
         f"{platform.node()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
         "| labels imported | trained on (1 in 5 held back) | dev macro-F1 | change | gate |",

@@ -2,7 +2,7 @@
 
 Each function returns the rows as stored (one per stored result, every model version); the
 report picks the latest version itself. A function given no record id queries nothing and
-returns an empty frame without columns.
+returns an empty frame without columns; one given many asks ``_IDS_PER_QUERY`` ids at a time.
 """
 
 from __future__ import annotations
@@ -30,10 +30,29 @@ __all__ = [
 ]
 
 
+# Ids per statement: PostgreSQL takes at most 65,535 bound parameters, and a report over 28 days
+# of a busy shop easily names more records than that.
+_IDS_PER_QUERY = 10_000
+
+
 def _frame(store: Store, query: Any) -> pd.DataFrame:
     with store.engine.connect() as connection:
         result = connection.execute(query)
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
+
+
+def _frame_of_records(
+    store: Store, query: Any, record_column: Any, record_ids: Sequence[str]
+) -> pd.DataFrame:
+    """``query`` restricted to ``record_ids``, run ``_IDS_PER_QUERY`` ids at a time."""
+    if not record_ids:
+        return pd.DataFrame()
+    ids = list(record_ids)
+    parts = [
+        _frame(store, query.where(record_column.in_(ids[start : start + _IDS_PER_QUERY])))
+        for start in range(0, len(ids), _IDS_PER_QUERY)
+    ]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def latest_created_before(store: Store, end: datetime) -> datetime | None:
@@ -86,11 +105,9 @@ def record_sentiments(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
     Returns:
         Columns ``record_id, model_version, label, created_at``.
     """
-    if not record_ids:
-        return pd.DataFrame()
     table = schema.sentiment
     query = select(table.c.record_id, table.c.model_version, table.c.label, table.c.created_at)
-    return _frame(store, query.where(table.c.record_id.in_(record_ids)))
+    return _frame_of_records(store, query, table.c.record_id, record_ids)
 
 
 def record_aspects(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
@@ -103,8 +120,6 @@ def record_aspects(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
     Returns:
         Columns ``record_id, aspect, model_version, polarity, score, created_at``.
     """
-    if not record_ids:
-        return pd.DataFrame()
     table = schema.aspects
     query = select(
         table.c.record_id,
@@ -114,7 +129,7 @@ def record_aspects(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
         table.c.score,
         table.c.created_at,
     )
-    return _frame(store, query.where(table.c.record_id.in_(record_ids)))
+    return _frame_of_records(store, query, table.c.record_id, record_ids)
 
 
 def record_topic_assignments(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
@@ -127,11 +142,9 @@ def record_topic_assignments(store: Store, record_ids: Sequence[str]) -> pd.Data
     Returns:
         Columns ``record_id, model_version, topic_id, created_at``.
     """
-    if not record_ids:
-        return pd.DataFrame()
     table = schema.record_topics
     query = select(table.c.record_id, table.c.model_version, table.c.topic_id, table.c.created_at)
-    return _frame(store, query.where(table.c.record_id.in_(record_ids)))
+    return _frame_of_records(store, query, table.c.record_id, record_ids)
 
 
 def stored_topics(store: Store) -> pd.DataFrame:
@@ -156,8 +169,6 @@ def flagged_results(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
     Returns:
         Columns ``record_id, rules_version, priority, reasons, created_at``.
     """
-    if not record_ids:
-        return pd.DataFrame()
     flags = schema.flags
     query = select(
         flags.c.record_id,
@@ -165,8 +176,8 @@ def flagged_results(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
         flags.c.priority,
         flags.c.reasons,
         flags.c.created_at,
-    ).where(flags.c.record_id.in_(record_ids), flags.c.flagged.is_(True))
-    return _frame(store, query)
+    ).where(flags.c.flagged.is_(True))
+    return _frame_of_records(store, query, flags.c.record_id, record_ids)
 
 
 def alert_states(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
@@ -181,7 +192,7 @@ def alert_states(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
     """
     alerts = schema.alerts
     query = select(alerts.c.record_id, alerts.c.status, alerts.c.acked_at, alerts.c.resolved_at)
-    return _frame(store, query.where(alerts.c.record_id.in_(record_ids)))
+    return _frame_of_records(store, query, alerts.c.record_id, record_ids)
 
 
 def sent_alerts_of_records(store: Store, record_ids: Sequence[str]) -> pd.DataFrame:
@@ -194,10 +205,6 @@ def sent_alerts_of_records(store: Store, record_ids: Sequence[str]) -> pd.DataFr
     Returns:
         Columns ``recipients, priority``.
     """
-    if not record_ids:
-        return pd.DataFrame()
     alerts = schema.alerts
-    query = select(alerts.c.recipients, alerts.c.priority).where(
-        alerts.c.record_id.in_(record_ids), alerts.c.status == "sent"
-    )
-    return _frame(store, query)
+    query = select(alerts.c.recipients, alerts.c.priority).where(alerts.c.status == "sent")
+    return _frame_of_records(store, query, alerts.c.record_id, record_ids)
