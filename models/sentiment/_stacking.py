@@ -2,10 +2,11 @@
 
 Per language ``L`` the scores are ``softmax(((1 - a_L) log p_e5 + a_L log p_ngram) / T_L + b_L)``
 where ``a_L`` (n-gram weight), ``T_L`` (temperature) and ``b_L`` (class log-prior shift: the
-per-language decision thresholds) are chosen on the dev splits: ``a_L`` for the best dev
-macro-F1, ``T_L`` for the dev log-likelihood, ``b_L`` for the best dev macro-F1 among shifts that
-keep negative-class recall at the flag rules' document threshold at or above a target
-(costing at most ``MAX_MACRO_F1_LOSS`` of macro-F1). Languages
+per-language decision thresholds, neutral included) are chosen on the dev splits: ``a_L`` for
+the best mean dev macro-F1 of the language's sets, ``T_L`` for the dev log-likelihood, ``b_L``
+for the best pooled dev macro-F1. The per-language flag threshold on the negative probability
+(:func:`flag_threshold`, written to ``configs/flagging.yaml``) is then the highest one keeping
+negative recall at the target. Languages
 without an n-gram model use the e5 head alone (with their shift when one was fitted).
 
 ``sentiment-stack.json`` names the head and the n-gram files and holds these parameters.
@@ -28,20 +29,18 @@ from models.sentiment._ngram import NgramModel
 from pipelines._errors import ModelError
 
 __all__ = [
-    "MAX_MACRO_F1_LOSS",
     "LanguageBlend",
     "StackMetadata",
     "StackedSentiment",
     "blend_log_proba",
     "fit_language_blend",
+    "flag_threshold",
 ]
 
 _NGRAM_GRID = np.round(np.arange(0.0, 0.951, 0.05), 2)
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.3), np.log(3.0), 61))
 _BIAS_GRID = np.round(np.arange(-1.0, 3.001, 0.1), 2)
 _NEUTRAL_BIAS_GRID = np.round(np.arange(-1.5, 1.001, 0.25), 2)
-# Most pooled dev macro-F1 a class shift may cost to raise negative recall.
-MAX_MACRO_F1_LOSS = 0.02
 
 
 @dataclass
@@ -145,12 +144,15 @@ def fit_language_blend(
         gold: Gold 0/1/2.
         binary: Whether each row's set is binary (scored over negative/positive).
         owners: Set index of each row (the weight maximises the mean of per-set macro-F1).
-        negative_threshold: Negative probability at which the flag rules flag a document.
-        negative_recall: Recall of gold negatives at that threshold the shift must keep.
+        negative_threshold: The flag rules' general document threshold (the ceiling of the
+            per-language flag threshold).
+        negative_recall: Negative recall the per-language flag threshold must keep.
         fit_bias: Whether to fit the class shift (else zero).
 
     Returns:
-        The parameters and ``{macro_f1, negative_recall, negative_precision}`` on these rows.
+        The parameters and ``{macro_f1, negative_recall, negative_precision, flag_threshold}``
+        on these rows, recall and precision at ``flag_threshold``: the highest negative
+        probability threshold (at most ``negative_threshold``) that keeps ``negative_recall``.
     """
     best_weight, best_score = 0.0, -1.0
     for weight in _NGRAM_GRID:
@@ -169,11 +171,10 @@ def fit_language_blend(
         if nll < best_nll:
             best_nll, blend = nll, candidate
     if fit_bias:
-        blend = _fit_bias(
-            e5_log_proba, ngram_proba, gold, binary, blend, negative_threshold, negative_recall
-        )
+        blend = _fit_bias(e5_log_proba, ngram_proba, gold, binary, blend)
     proba = blend_log_proba(e5_log_proba, ngram_proba, blend)
-    return blend, _operating_point(proba, gold, binary, negative_threshold)
+    threshold = flag_threshold(proba[:, 0], gold, negative_threshold, negative_recall)
+    return blend, _operating_point(proba, gold, binary, threshold) | {"flag_threshold": threshold}
 
 
 def _operating_point(
@@ -194,22 +195,10 @@ def _fit_bias(
     gold: np.ndarray,
     binary: np.ndarray,
     blend: LanguageBlend,
-    threshold: float,
-    target: float,
 ) -> LanguageBlend:
-    """The class shift: best pooled macro-F1 among shifts reaching the recall target.
-
-    Only shifts costing at most ``MAX_MACRO_F1_LOSS`` of the unshifted macro-F1 are considered;
-    when none of them reaches the target, the one with the highest recall is taken.
-    """
-    unshifted = _operating_point(
-        blend_log_proba(e5_log_proba, ngram_proba, blend), gold, binary, threshold
-    )
-    floor = unshifted["macro_f1"] - MAX_MACRO_F1_LOSS
-    best: tuple[bool, float, float, LanguageBlend] = (
-        unshifted["negative_recall"] >= target,
-        unshifted["macro_f1"],
-        unshifted["negative_recall"],
+    """The class shift with the best pooled dev macro-F1 (zero shift on ties)."""
+    best = (
+        _pooled_macro_f1(blend_log_proba(e5_log_proba, ngram_proba, blend), gold, binary),
         blend,
     )
     for neutral in _NEUTRAL_BIAS_GRID:
@@ -217,22 +206,33 @@ def _fit_bias(
             candidate = LanguageBlend(
                 blend.ngram_weight, blend.temperature, [float(negative), float(neutral), 0.0]
             )
-            point = _operating_point(
-                blend_log_proba(e5_log_proba, ngram_proba, candidate), gold, binary, threshold
+            score = _pooled_macro_f1(
+                blend_log_proba(e5_log_proba, ngram_proba, candidate), gold, binary
             )
-            if point["macro_f1"] < floor:
-                continue
-            reached = point["negative_recall"] >= target
-            # Reaching the target first; then macro-F1 among those that do, recall otherwise.
-            key = (
-                (reached, point["macro_f1"], point["negative_recall"])
-                if reached
-                else (reached, point["negative_recall"], point["macro_f1"])
-            )
-            incumbent = best[:3] if best[0] else (best[0], best[2], best[1])
-            if key > incumbent:
-                best = (reached, point["macro_f1"], point["negative_recall"], candidate)
-    return best[3]
+            if score > best[0] + 1e-9:
+                best = (score, candidate)
+    return best[1]
+
+
+def flag_threshold(negative: np.ndarray, gold: np.ndarray, ceiling: float, recall: float) -> float:
+    """Highest negative-probability threshold (at most ``ceiling``) keeping negative recall.
+
+    Args:
+        negative: Negative probabilities.
+        gold: Gold 0/1/2.
+        ceiling: The flag rules' general threshold (never raised).
+        recall: Share of gold negatives that must reach the threshold.
+
+    Returns:
+        The threshold, rounded down to 0.01 (0.01 at least).
+    """
+    scores = np.sort(negative[gold == 0])
+    if len(scores) == 0:
+        return ceiling
+    # The k-th smallest score still flags len - k of them.
+    allowed = int(np.floor(len(scores) * (1.0 - recall) + 1e-9))
+    threshold = np.floor(scores[allowed] * 100.0) / 100.0
+    return float(np.clip(threshold, 0.01, ceiling))
 
 
 class StackedSentiment:

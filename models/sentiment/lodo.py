@@ -1,19 +1,21 @@
-"""Leave-one-dataset-out (LODO) macro-F1 of a sentiment recipe on the shared sets.
+"""Leave-one-dataset-out (LODO) macro-F1 of the sentiment recipes on the shared sets.
 
-For every set X: train the recipe on the train splits of the pool without X (its dev splits
-choose the epoch, temperature and blend), then score X's dev split. Sets outside the pool are
-scored by the model trained on the whole pool (they are held out already). This measures how
-the model does on data unlike what it was trained on.
+For every set X: train on the train splits of the pool without X (their dev splits choose the
+epoch, temperature and blend), then score X's dev split. Sets outside the pool are scored by
+the model trained on the whole pool (they are held out already). This measures how the model
+does on data unlike what it was trained on.
 
 Usage::
 
-    python -m models.sentiment.lodo --recipe stack [--pool all|old] [--epochs 15] [--out F.json]
+    python -m models.sentiment.lodo [--pool all|old] [--head HEAD.json] [--epochs N] [--out F]
 
-Recipes: ``e5`` (the head of ``configs/training.yaml``), ``ngram`` (per-language hashed n-gram
-models alone), ``stack`` (both, blended per language, with the class shifts of
+Every run scores three recipes at once: ``e5`` (the head), ``ngram`` (per-language hashed
+n-gram models alone) and ``stack`` (both blended per language with the class shifts of
 :mod:`models.sentiment._stacking`). ``--pool old`` trains on the nine sets of the first head
-(``sentiment-e5-00e5dfea1f``), the baseline of issue 12. Fold heads and their dev
-probabilities are cached under ``<cache root>/lodo/`` (no text), so the recipes share them.
+(``sentiment-e5-00e5dfea1f``). ``--head`` uses a committed head instead of training one per
+fold (fast, but the sets that head was trained on are then not held out for e5/stack and are
+reported as "seen"). Fold heads, n-gram fold predictions and their dev probabilities are cached
+under ``<cache root>/lodo/`` (numbers only, no text).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ import numpy as np
 from models.evaluate import score_predictions, scored_proba
 from models.sentiment._datasets import DatasetSplit, discover_datasets, read_split
 from models.sentiment._features import FeatureCache
-from models.sentiment._head import softmax
+from models.sentiment._head import SentimentHead, softmax
 from models.sentiment._ngram import (
     NgramMetadata,
     NgramModel,
@@ -40,7 +42,16 @@ from models.sentiment._ngram import (
 )
 from models.sentiment._stacking import blend_log_proba, fit_language_blend
 
-__all__ = ["OLD_POOL", "Corpus", "load_corpus", "main", "ngram_for", "run_lodo"]
+__all__ = [
+    "OLD_POOL",
+    "RECIPES",
+    "Corpus",
+    "LodoResult",
+    "load_corpus",
+    "main",
+    "ngram_for",
+    "run_lodo",
+]
 
 # The sets the first head (sentiment-e5-00e5dfea1f) was trained on.
 OLD_POOL = (
@@ -75,29 +86,33 @@ class Corpus:
 
 
 def load_corpus(
-    datasets_dir: Path, cache: FeatureCache | None, say: Callable[[str], None]
+    datasets_dir: Path,
+    cache: FeatureCache,
+    say: Callable[[str], None],
+    train_features: bool = True,
 ) -> Corpus:
-    """Read every set's splits (and features when ``cache`` is given).
+    """Read every set's splits with their e5 features.
 
     Args:
         datasets_dir: Folder of labelled sets.
-        cache: Feature cache; None skips the e5 features (n-gram recipe only).
+        cache: Feature cache (computes what is missing).
         say: Progress callback.
+        train_features: Also the train splits' features (not needed with a frozen head).
 
     Returns:
         The corpus.
     """
-    corpus = Corpus([], {}, {}, {}, {}, cache.encoder.version if cache else "")
+    corpus = Corpus([], {}, {}, {}, {}, cache.encoder.version)
     for info in discover_datasets(datasets_dir):
         train, dev = read_split(info, "train"), read_split(info, "dev")
         if train.frame.empty or dev.frame.empty:
             continue
         corpus.names.append(info.name)
         corpus.train[info.name], corpus.dev[info.name] = train, dev
-        if cache is not None:
-            say(f"features of {info.name}")
+        say(f"features of {info.name}")
+        if train_features:
             corpus.train_vectors[info.name] = cache.embeddings(train.frame["text"].tolist())
-            corpus.dev_vectors[info.name] = cache.embeddings(dev.frame["text"].tolist())
+        corpus.dev_vectors[info.name] = cache.embeddings(dev.frame["text"].tolist())
     return corpus
 
 
@@ -169,37 +184,74 @@ def _macro_f1(split: DatasetSplit, proba: np.ndarray) -> float:
     return score_predictions(split.labels, scored_proba(proba, split.has_neutral)).macro_f1
 
 
-def _predict(
-    recipe: str,
+RECIPES = ("e5", "ngram", "stack")
+
+
+@dataclass
+class LodoResult:
+    """Leave-one-dataset-out macro-F1 per recipe and set.
+
+    Attributes:
+        scores: Recipe -> set name -> dev macro-F1.
+        leaked: Recipe -> sets whose score is not held out (a frozen head trained on them).
+        blends: Set name -> the stack's parameters chosen without it.
+    """
+
+    scores: dict[str, dict[str, float]]
+    leaked: dict[str, list[str]]
+    blends: dict[str, dict[str, object]]
+
+    def mean(self, recipe: str) -> float:
+        """Mean over the sets held out for ``recipe``."""
+        values = [
+            value for name, value in self.scores[recipe].items() if name not in self.leaked[recipe]
+        ]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def _ngram_dev(
+    corpus: Corpus, names: list[str], lang: str, targets: list[str]
+) -> dict[str, np.ndarray]:
+    """N-gram probabilities on the dev splits of ``targets`` (a model of ``lang`` on ``names``)."""
+    from models.encoder import default_cache_root
+
+    metadata = NgramMetadata(version="lodo")
+    key = hashlib.sha256(
+        json.dumps([sorted(names), lang, sorted(targets), asdict(metadata)]).encode()
+    ).hexdigest()[:16]
+    path = default_cache_root() / "lodo" / f"ngram-{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    model = ngram_for(corpus, names, lang, metadata)
+    result = {
+        name: model.predict_proba(
+            corpus.dev[name].frame["text"].tolist(), [lang] * len(corpus.dev[name].frame)
+        )
+        for name in targets
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **result)
+    return result
+
+
+def _fold(
     corpus: Corpus,
     names: list[str],
     targets: list[str],
-    epochs: int | None,
+    head: dict[str, np.ndarray],
     say: Callable[[str], None],
-) -> dict[str, np.ndarray]:
-    """Dev probabilities of ``targets`` from the recipe trained on ``names``."""
-    head = _fold_head_proba(corpus, names, epochs, say) if recipe != "ngram" else None
-    result: dict[str, np.ndarray] = {}
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, object]]]:
+    """Every recipe's dev probabilities of ``targets``, trained on ``names``."""
+    result: dict[str, dict[str, np.ndarray]] = {recipe: {} for recipe in RECIPES}
+    blends: dict[str, dict[str, object]] = {}
     for lang in sorted({corpus.lang(name) for name in targets}):
         wanted = [name for name in targets if corpus.lang(name) == lang]
-        if recipe == "e5":
-            assert head is not None
-            result.update({name: head[name] for name in wanted})
-            continue
-        ngram = ngram_for(corpus, names, lang, NgramMetadata(version="lodo"))
-
-        def ngram_proba(name: str, model: NgramModel = ngram, code: str = lang) -> np.ndarray:
-            frame = corpus.dev[name].frame
-            return model.predict_proba(frame["text"].tolist(), [code] * len(frame))
-
-        if recipe == "ngram":
-            result.update({name: ngram_proba(name) for name in wanted})
-            continue
-        assert head is not None
         tuning = [name for name in names if corpus.lang(name) == lang]
+        ngram = _ngram_dev(corpus, names, lang, tuning + wanted)
         blend, _ = fit_language_blend(
-            np.log(np.concatenate([head[name] for name in tuning])),
-            np.concatenate([ngram_proba(name) for name in tuning]),
+            np.log(np.clip(np.concatenate([head[name] for name in tuning]), 1e-12, 1.0)),
+            np.concatenate([ngram[name] for name in tuning]),
             np.concatenate([corpus.dev[name].labels for name in tuning]),
             np.concatenate(
                 [np.full(len(corpus.dev[n].frame), not corpus.dev[n].has_neutral) for n in tuning]
@@ -208,49 +260,68 @@ def _predict(
             FLAG_NEGATIVE_THRESHOLD,
             NEGATIVE_RECALL_TARGET,
         )
-        say(
-            f"  {lang}: n-gram weight {blend.ngram_weight}, T {blend.temperature:.2f}, "
-            f"bias {blend.bias}"
-        )
+        say(f"  {lang}: {blend}")
         for name in wanted:
-            result[name] = blend_log_proba(np.log(head[name]), ngram_proba(name), blend)
-    return result
+            blends[name] = asdict(blend)
+            result["e5"][name] = head[name]
+            result["ngram"][name] = ngram[name]
+            result["stack"][name] = blend_log_proba(
+                np.log(np.clip(head[name], 1e-12, 1.0)), ngram[name], blend
+            )
+    return result, blends
 
 
 def run_lodo(
-    recipe: str,
     corpus: Corpus,
     pool: list[str],
+    frozen_head: SentimentHead | None = None,
     epochs: int | None = None,
     say: Callable[[str], None] = print,
-) -> dict[str, float]:
-    """Leave-one-dataset-out dev macro-F1 of every set of the corpus.
+    only: list[str] | None = None,
+) -> LodoResult:
+    """Leave-one-dataset-out dev macro-F1 of every set, for the three recipes.
 
     Args:
-        recipe: ``e5``, ``ngram`` or ``stack``.
         corpus: The corpus.
-        pool: Sets the recipe may train on.
+        pool: Sets the recipes may train on.
+        frozen_head: Use this head's probabilities instead of training one per fold (its own
+            training sets are then marked leaked for the e5 and stack recipes).
         epochs: Override of the head's epochs (None: training.yaml's).
         say: Progress callback.
+        only: Score only these sets (None: every set).
 
     Returns:
-        Set name -> macro-F1 on its dev split.
+        The scores.
     """
-    scores: dict[str, float] = {}
-    for name in pool:
-        say(f"without {name}")
-        others = [other for other in pool if other != name]
-        proba = _predict(recipe, corpus, others, [name], epochs, say)[name]
-        scores[name] = _macro_f1(corpus.dev[name], proba)
-        say(f"  {name}: {scores[name]:.4f}")
-    outside = [name for name in corpus.names if name not in pool]
+    result = LodoResult({recipe: {} for recipe in RECIPES}, {r: [] for r in RECIPES}, {})
+    if frozen_head is not None:
+        seen = {entry["name"] for entry in frozen_head.metadata.datasets}
+        result.leaked["e5"] = result.leaked["stack"] = sorted(seen & set(corpus.names))
+        fixed = {name: frozen_head.predict_proba(corpus.dev_vectors[name]) for name in corpus.names}
+
+    def heads(names: list[str]) -> dict[str, np.ndarray]:
+        return fixed if frozen_head is not None else _fold_head_proba(corpus, names, epochs, say)
+
+    wanted = set(only or corpus.names)
+    folds = [
+        ([other for other in pool if other != name], [name]) for name in pool if name in wanted
+    ]
+    outside = [name for name in corpus.names if name not in pool and name in wanted]
     if outside:
-        say(f"pool model for {outside}")
-        predicted = _predict(recipe, corpus, list(pool), outside, epochs, say)
-        for name in outside:
-            scores[name] = _macro_f1(corpus.dev[name], predicted[name])
-            say(f"  {name}: {scores[name]:.4f}")
-    return {name: scores[name] for name in corpus.names}
+        folds.append((list(pool), outside))
+    for names, targets in folds:
+        say(f"scoring {targets} (trained on {len(names)} sets)")
+        predicted, blends = _fold(corpus, names, targets, heads(names), say)
+        result.blends.update(blends)
+        for recipe in RECIPES:
+            for name in targets:
+                result.scores[recipe][name] = _macro_f1(corpus.dev[name], predicted[recipe][name])
+        say("  " + ", ".join(f"{r} {result.scores[r][targets[0]]:.4f}" for r in RECIPES))
+    for recipe in RECIPES:
+        result.scores[recipe] = {
+            name: result.scores[recipe][name] for name in corpus.names if name in wanted
+        }
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,9 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     from models.sentiment._datasets import shared_datasets_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", choices=("e5", "ngram", "stack"), default="stack")
     parser.add_argument("--pool", choices=("all", "old"), default="all")
+    parser.add_argument(
+        "--head", type=Path, default=None, help="frozen head instead of one trained per fold"
+    )
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="score only these sets")
     parser.add_argument("--datasets", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     arguments = parser.parse_args(argv)
@@ -275,31 +349,38 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    cache = None
-    if arguments.recipe != "ngram":
-        from models.encoder import Encoder
-        from models.sentiment.train import load_training_config
+    from models.encoder import Encoder
+    from models.sentiment.train import load_training_config
 
-        settings = load_training_config()
-        cache = FeatureCache(
-            Encoder.load(dtype=settings.encoder_dtype), layers=settings.encoder_layers
-        )
-    corpus = load_corpus(arguments.datasets or shared_datasets_dir(), cache, say)
+    settings = load_training_config()
+    cache = FeatureCache(Encoder.load(dtype=settings.encoder_dtype), layers=settings.encoder_layers)
+    frozen = SentimentHead.load(arguments.head) if arguments.head else None
+    corpus = load_corpus(
+        arguments.datasets or shared_datasets_dir(), cache, say, train_features=frozen is None
+    )
     pool = list(OLD_POOL) if arguments.pool == "old" else list(corpus.names)
-    scores = run_lodo(arguments.recipe, corpus, pool, arguments.epochs, say)
-    print("| set | lang | LODO macro-F1 |\n|---|---|---:|")
-    for name, value in scores.items():
-        print(f"| {name} | {corpus.lang(name)} | {value:.3f} |")
-    print(f"| **mean** | | **{np.mean(list(scores.values())):.3f}** |")
+    result = run_lodo(corpus, pool, frozen, arguments.epochs, say, arguments.only)
+    print("| set | lang | " + " | ".join(RECIPES) + " |\n|---|---|" + "---:|" * len(RECIPES))
+    for name in result.scores["e5"]:
+        cells = [
+            f"{result.scores[r][name]:.3f}" + (" (seen)" if name in result.leaked[r] else "")
+            for r in RECIPES
+        ]
+        print(f"| {name} | {corpus.lang(name)} | " + " | ".join(cells) + " |")
+    print(
+        "| **mean (held out)** | | " + " | ".join(f"{result.mean(r):.3f}" for r in RECIPES) + " |"
+    )
     if arguments.out is not None:
         arguments.out.write_text(
             json.dumps(
                 {
-                    "recipe": arguments.recipe,
                     "pool": arguments.pool,
+                    "head": str(arguments.head) if arguments.head else None,
                     "epochs": arguments.epochs,
-                    "scores": scores,
-                    "mean": float(np.mean(list(scores.values()))),
+                    "scores": result.scores,
+                    "leaked": result.leaked,
+                    "means": {r: result.mean(r) for r in RECIPES},
+                    "blends": result.blends,
                 },
                 indent=2,
             )

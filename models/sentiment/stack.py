@@ -56,6 +56,7 @@ def build_stack(
     negative_threshold: float,
     negative_recall: float,
     say: Callable[[str], None] = print,
+    ngram: NgramModel | None = None,
 ) -> tuple[StackedSentiment, EvaluationReport]:
     """Fit the n-gram models and the per-language blends.
 
@@ -65,8 +66,9 @@ def build_stack(
         dev: Dev splits (blend, temperature and shift).
         dev_features: e5 features of ``dev``, same order.
         negative_threshold: The flag rules' document negative threshold.
-        negative_recall: Negative recall to keep at that threshold.
+        negative_recall: Negative recall the per-language flag thresholds keep.
         say: Progress callback.
+        ngram: Already fitted n-gram models to reuse (None: fit them on ``train``).
 
     Returns:
         The stack (n-gram path fields still to be set by the caller) and its dev report.
@@ -75,7 +77,7 @@ def build_stack(
     langs = sorted({str(split.frame["lang"].mode().iloc[0]) for split in train})
     weights: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
-    for lang in langs:
+    for lang in langs if ngram is None else []:
         splits = [s for s in train if str(s.frame["lang"].mode().iloc[0]) == lang]
         texts = [text for split in splits for text in split.frame["text"]]
         say(f"n-gram model {lang}: {len(texts)} rows")
@@ -88,10 +90,11 @@ def build_stack(
         )
         weights.update({f"{lang}.{key}": value for key, value in fitted.items()})
         rows[lang] = len(texts)
-    metadata.languages = langs
-    metadata.version = f"sentiment-ngram-{ngram_version(weights)}"
-    metadata.training = {"regularisation_C": 4.0, "train_rows": rows}
-    ngram = NgramModel(weights, metadata)
+    if ngram is None:
+        metadata.languages = langs
+        metadata.version = f"sentiment-ngram-{ngram_version(weights)}"
+        metadata.training = {"regularisation_C": 4.0, "train_rows": rows}
+        ngram = NgramModel(weights, metadata)
 
     e5 = [head.predict_proba(features) for features in dev_features]
     ngram_dev = [
@@ -176,14 +179,17 @@ def stack_card_sections(stack: StackedSentiment, report: EvaluationReport, lodo:
         "neutral one (neutral vs not, only sets that label neutral). No vocabulary is stored.",
         "- **Blend:** per language `softmax(((1 - a) log p_e5 + a log p_ngram) / T + b)`; `a` "
         "maximises the mean dev macro-F1 of the language's sets, `T` the dev likelihood, and "
-        "the class shift `b` the pooled dev macro-F1 among shifts keeping negative recall at "
-        f"the flag rules' document threshold ({meta.training['negative_threshold']}) >= "
-        f"{meta.training['negative_recall_target']}.",
+        "the class shift `b` (the per-language decision thresholds, neutral included) the "
+        "pooled dev macro-F1.",
+        "- **Flag operating point:** per language, the highest document negative-probability "
+        f"threshold (at most the rules' {meta.training['negative_threshold']}) keeping dev "
+        f"negative recall >= {meta.training['negative_recall_target']}; set as "
+        "`negative_document.min_probability_by_language` in `configs/flagging.yaml`.",
         f"- **Built:** {datetime.now(UTC):%Y-%m-%d} with `python -m models.sentiment.stack`.",
         "",
         "| lang | n-gram weight a | T | shift b (neg / neu / pos) | dev macro-F1 | "
-        "neg. recall @ flag threshold | neg. precision @ flag threshold |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "flag threshold | neg. recall | neg. precision |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     operating = meta.metrics["negative_operating_point"]
     for lang, blend in meta.languages.items():
@@ -191,8 +197,8 @@ def stack_card_sections(stack: StackedSentiment, report: EvaluationReport, lodo:
         point = operating[lang]
         lines.append(
             f"| {lang} | {blend['ngram_weight']:.2f} | {blend['temperature']:.2f} | {bias} | "
-            f"{report.languages[lang].macro_f1:.3f} | {point['negative_recall']:.3f} | "
-            f"{point['negative_precision']:.3f} |"
+            f"{report.languages[lang].macro_f1:.3f} | {point['flag_threshold']:.2f} | "
+            f"{point['negative_recall']:.3f} | {point['negative_precision']:.3f} |"
         )
     lines += [
         "",
@@ -245,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=None)
     parser.add_argument("--lodo", type=Path, nargs="*", default=[])
     parser.add_argument("--recall", type=float, default=NEGATIVE_RECALL_TARGET)
+    parser.add_argument(
+        "--reuse-ngram", action="store_true", help="keep the saved n-gram models, refit the blend"
+    )
     arguments = parser.parse_args(argv)
     config = load_training_config()
     head = SentimentHead.load(config.resolved(config.output))
@@ -257,10 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     keep = [i for i in range(len(chosen)) if not train[i].frame.empty and not dev[i].frame.empty]
     train, dev = [train[i] for i in keep], [dev[i] for i in keep]
     features = [cache.embeddings(split.frame["text"].tolist()) for split in dev]
+    ngram_stem = config.resolved(Path(NGRAM_STEM))
     stack, report = build_stack(
-        head, train, dev, features, FLAG_NEGATIVE_THRESHOLD, arguments.recall
+        head,
+        train,
+        dev,
+        features,
+        FLAG_NEGATIVE_THRESHOLD,
+        arguments.recall,
+        ngram=NgramModel.load(ngram_stem) if arguments.reuse_ngram else None,
     )
-    stack.ngram.save(config.resolved(Path(NGRAM_STEM)))
+    stack.ngram.save(ngram_stem)
     stack.save(config.resolved(Path(STACK_PATH)))
     lodo = [json.loads(path.read_text(encoding="utf-8")) for path in arguments.lodo]
     card = config.resolved(config.card)
@@ -269,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     text = text.split(marker)[0].rstrip("\n") + "\n\n" + stack_card_sections(stack, report, lodo)
     card.write_text(text, encoding="utf-8")
     print(report.to_markdown())
+    thresholds = {
+        lang: point["flag_threshold"]
+        for lang, point in stack.metadata.metrics["negative_operating_point"].items()
+    }
     print(f"stack {stack.version} -> {STACK_PATH}; card {card}")
+    print(f"flagging.yaml negative_document.min_probability_by_language: {thresholds}")
     return 0
 
 
