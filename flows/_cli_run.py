@@ -11,7 +11,6 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
 
 from flows._cli_alerts import print_delivery_backlog
 from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_parameter
@@ -19,7 +18,7 @@ from pipelines._secrets import mask_credentials
 from pipelines.config import config_path
 from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
-from pipelines.storage import Store, recent_runs, resolve_db_url, schema
+from pipelines.storage import Store, quarantine_summary, recent_runs, resolve_db_url, schema
 
 __all__ = ["register"]
 
@@ -140,14 +139,7 @@ def status(config: ConfigOption = None, db: DbOption = None, limit: int = 10) ->
                 ", ".join(f"{k}={v}" for k, v in (run_row.get("model_versions") or {}).items()),
             )
         console.print(table)
-        quarantine = schema.quarantine
-        query = (
-            select(quarantine.c.source, quarantine.c.reason, func.count().label("rows"))
-            .group_by(quarantine.c.source, quarantine.c.reason)
-            .order_by(quarantine.c.source)
-        )
-        with store.engine.connect() as connection:
-            rows = connection.execute(query).all()
+        rows = quarantine_summary(store)
         q_table = Table(title="Quarantine")
         for column in ("source", "reason", "rows"):
             q_table.add_column(column)

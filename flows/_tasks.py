@@ -28,7 +28,6 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from sqlalchemy import ColumnElement
 
 from pipelines._errors import FeedbackError
 from pipelines.analysis import (
@@ -43,6 +42,7 @@ from pipelines.ingest.sources import Source
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import (
     LockHolder,
+    RecordScope,
     RunLock,
     Store,
     finish_run,
@@ -315,7 +315,7 @@ def _save_stage_step(stage: Stage, batch: pd.DataFrame, context: StageContext) -
 
 
 def analyse(
-    scope: ColumnElement[bool],
+    scope: RecordScope,
     stages: Sequence[Stage],
     context: StageContext,
     summary: RunSummary,
@@ -330,7 +330,7 @@ def analyse(
     and ``channels``; with nothing to do no task runs.
 
     Args:
-        scope: Condition on ``feedback`` (``run_scope``, ``range_scope``).
+        scope: The records (``run_scope``, ``range_scope``).
         stages: Stages to run, in order.
         context: Store, run id and options.
         summary: The run's summary, updated in place.

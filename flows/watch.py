@@ -18,7 +18,6 @@ from functools import cache
 
 from prefect import flow
 from prefect.runtime import flow_run
-from sqlalchemy.exc import OperationalError
 
 from flows._tasks import (
     RunSummary,
@@ -36,7 +35,15 @@ from pipelines.ingest.sources import Source, load_sources
 from pipelines.registry import build_stages
 from pipelines.settings import load_settings
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import LockHolder, RunLock, Store, finish_run, resolve_db_url, start_run
+from pipelines.storage import (
+    DatabaseUnavailable,
+    LockHolder,
+    RunLock,
+    Store,
+    finish_run,
+    resolve_db_url,
+    start_run,
+)
 
 __all__ = ["WATCH_ALERT_KINDS", "WatchSummary", "Watcher", "describe_holder", "watch"]
 
@@ -178,7 +185,7 @@ class Watcher:
                 return self.analyse(summary)
             finally:
                 lock.release()
-        except OperationalError as exc:
+        except DatabaseUnavailable as exc:
             raise StoreError(
                 f"database {mask_credentials(repr(self.store.url))} is unavailable ({exc.orig}). "
                 "If another process (e.g. feedback run) holds the DuckDB file, this poll is "

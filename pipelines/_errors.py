@@ -11,6 +11,7 @@ __all__ = [
     "CountBalanceError",
     "DeliveryWarning",
     "FeedbackError",
+    "LabelError",
     "ModelError",
     "PrivacyError",
     "SourceError",
@@ -89,3 +90,9 @@ class PrivacyError(ConfigError):
     """Personal-data settings are invalid (pseudonym key, ``keep_in_clear``)."""
 
     code = "E050"
+
+
+class LabelError(FeedbackError):
+    """A label names an unknown record, sentiment, aspect or polarity; nothing was written."""
+
+    code = "E090"

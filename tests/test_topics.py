@@ -17,6 +17,7 @@ from pipelines.analysis._embedding_lookup import TextEmbedder
 from pipelines.analysis.topics import (
     UNASSIGNED,
     TopicStage,
+    class_keywords,
     latest_topic_model,
     list_topics,
     rename_topic,
@@ -244,3 +245,18 @@ def test_rename_unknown_topic_says_how_to_fix(store: Store) -> None:
 
     with pytest.raises(ModelError, match="feedback topics"):
         rename_topic(store, 99, "x")
+
+
+def test_class_keywords_follow_the_c_tf_idf_formula() -> None:
+    # Cluster 0 joins to "kargo kargo geç" (3 words), cluster 1 to "kargo iade iade iade" (4):
+    # A = int(mean(3, 4)) = 3; f(kargo) = 3, f(geç) = 1, f(iade) = 3.
+    # Cluster 0: kargo 2/3 * log(1 + 3/3) = 0.462, geç 1/3 * log(1 + 3/1) = 0.462 (a tie, kept in
+    # vocabulary order); cluster 1: iade 3/4 * log 2 = 0.520 before kargo 1/4 * log 2 = 0.173.
+    documents = ["kargo geç", "kargo", "iade iade", "kargo iade", ""]
+    clusters = np.array([0, 0, 1, 1, 1])
+    assert class_keywords(documents, clusters, top_n=5) == {
+        0: ["geç", "kargo"],
+        1: ["iade", "kargo"],
+    }
+    assert class_keywords(documents, clusters, top_n=1) == {0: ["geç"], 1: ["iade"]}
+    assert class_keywords(["", ""], np.array([3, 4]), top_n=5) == {3: [], 4: []}

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
 from pipelines.ingest.dedupe import text_hash
-from pipelines.storage import schema
+from pipelines.storage import cached_vectors, schema
 
 if TYPE_CHECKING:
     from models.encoder import Encoder
@@ -108,20 +107,9 @@ class TextEmbedder:
     def _cached(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         if self.store is None or not hashes:
             return {}
-        table = schema.embeddings
-        found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(hashes))
-        with self.store.engine.connect() as connection:
-            for start in range(0, len(unique), _LOOKUP_CHUNK):
-                rows = connection.execute(
-                    select(table.c.text_hash, table.c.vector).where(
-                        table.c.model_version == self.version,
-                        table.c.text_hash.in_(unique[start : start + _LOOKUP_CHUNK]),
-                    )
-                )
-                for key, blob in rows:
-                    found[key] = np.frombuffer(blob, dtype="<f4").copy()
-        return found
+        blobs = cached_vectors(self.store, self.version, unique, _LOOKUP_CHUNK)
+        return {key: np.frombuffer(blob, dtype="<f4").copy() for key, blob in blobs.items()}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm passage embeddings (or layer features) of ``texts``, cached where possible.

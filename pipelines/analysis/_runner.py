@@ -14,16 +14,26 @@ chunk, plus the chunk itself: a chunk sees what one smaller run would have seen.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true
 
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    RecordScope,
+    Store,
+    iter_chunks,
+    load_run_records,
+    newest_created_at,
+    range_scope,
+    run_scope,
+    saved_record_ids,
+    schema,
+    scoped_ids,
+)
 
 __all__ = [
     "AnalysisResult",
@@ -72,128 +82,6 @@ class AnalysisResult:
     channels: dict[str, int] = field(default_factory=dict)
 
 
-def run_scope(run_id: str, unanalysed_by: Sequence[str] = ()) -> ColumnElement[bool]:
-    """The records a run stored, and those of earlier runs some stage never analysed.
-
-    Args:
-        run_id: The run.
-        unanalysed_by: Stage names; records lacking results of any of them (an ingest-only run,
-            a run that crashed mid-analysis) are in scope too, so nothing stored is left behind.
-
-    Returns:
-        A condition on ``feedback``.
-    """
-    table, results = schema.feedback, schema.stage_results
-    scope: ColumnElement[bool] = table.c.run_id == run_id
-    for stage_name in unanalysed_by:
-        scope = scope | ~exists().where(
-            results.c.record_id == table.c.id, results.c.stage == stage_name
-        )
-    return scope
-
-
-def range_scope(
-    start: datetime, end: datetime | None, sources: Sequence[str] | None = None
-) -> ColumnElement[bool]:
-    """The records created in ``[start, end)``, of ``sources`` or all.
-
-    Args:
-        start: First instant (UTC).
-        end: End instant (UTC, excluded), or None.
-        sources: Only these sources, or all.
-
-    Returns:
-        A condition on ``feedback``.
-    """
-    table = schema.feedback
-    scope = table.c.created_at >= start
-    if end is not None:
-        scope = scope & (table.c.created_at < end)
-    if sources is not None:
-        scope = scope & table.c.source.in_(list(sources))
-    return scope
-
-
-def _scoped(scope: ColumnElement[bool]) -> ColumnElement[bool]:
-    return and_(scope, schema.feedback.c.duplicate_of.is_(None))
-
-
-def _analysed_columns() -> list[Any]:
-    """``feedback``'s columns but ``raw``: audit data no stage reads, kept out of the stage
-    results Prefect stores."""
-    return [column for column in schema.feedback.c if column.name != "raw"]
-
-
-def scoped_ids(store: Store, scope: ColumnElement[bool]) -> list[str]:
-    """Ids of the records in ``scope`` (duplicates excluded).
-
-    Args:
-        store: The database.
-        scope: Condition on ``feedback`` (``run_scope``, ``range_scope``).
-
-    Returns:
-        The record ids.
-    """
-    query = select(schema.feedback.c.id).where(_scoped(scope))
-    with store.engine.connect() as connection:
-        return list(connection.execute(query).scalars())
-
-
-def iter_chunks(
-    store: Store, scope: ColumnElement[bool], chunk_size: int
-) -> Iterator[pd.DataFrame]:
-    """The records in ``scope`` (duplicates excluded), oldest first, ``chunk_size`` at a time.
-
-    Pages by ``(created_at, id)`` with a fresh connection per page, so saving between pages is
-    safe and only one page is in memory.
-
-    Args:
-        store: The database.
-        scope: Condition on ``feedback`` (``run_scope``, ``range_scope``).
-        chunk_size: Records per chunk.
-
-    Yields:
-        Rows of ``feedback`` without ``raw``.
-    """
-    table = schema.feedback
-    query = (
-        select(*_analysed_columns())
-        .where(_scoped(scope))
-        .order_by(table.c.created_at, table.c.id)
-        .limit(chunk_size)
-    )
-    after: ColumnElement[bool] = true()
-    while True:
-        with store.engine.connect() as connection:
-            rows = connection.execute(query.where(after)).mappings().all()
-        if not rows:
-            return
-        yield pd.DataFrame(rows)
-        if len(rows) < chunk_size:
-            return
-        last_time, last_id = rows[-1]["created_at"], rows[-1]["id"]
-        after = or_(
-            table.c.created_at > last_time,
-            and_(table.c.created_at == last_time, table.c.id > last_id),
-        )
-
-
-def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = ()) -> pd.DataFrame:
-    """All records of ``run_scope`` at once (for small runs such as a watch poll).
-
-    Args:
-        store: The database.
-        run_id: The run.
-        unanalysed_by: See ``run_scope``.
-
-    Returns:
-        One row per record, with the ``feedback`` table's columns but ``raw``.
-    """
-    query = select(*_analysed_columns()).where(_scoped(run_scope(run_id, unanalysed_by)))
-    with store.engine.connect() as connection:
-        return pd.DataFrame(connection.execute(query).mappings().all())
-
-
 def save_results(stage: Stage, batch: pd.DataFrame, context: StageContext) -> int:
     """Save one stage's results for ``batch`` and note them in ``stage_results``.
 
@@ -223,21 +111,6 @@ def save_results(stage: Stage, batch: pd.DataFrame, context: StageContext) -> in
     return rows
 
 
-def _saved_ids(store: Store, stage: Stage, ids: Sequence[str], any_version: bool) -> set[str]:
-    """Which of ``ids`` have results of ``stage`` (of its current version, or of any)."""
-    table = schema.stage_results
-    found: set[str] = set()
-    with store.engine.connect() as connection:
-        for start in range(0, len(ids), 1000):
-            query = select(table.c.record_id).where(
-                table.c.stage == stage.name, table.c.record_id.in_(ids[start : start + 1000])
-            )
-            if not any_version:
-                query = query.where(table.c.version == stage.version)
-            found.update(connection.execute(query).scalars())
-    return found
-
-
 def records_to_save(
     store: Store, stages: Sequence[Stage], ids: Iterable[str], reanalyze: bool
 ) -> dict[str, set[str]]:
@@ -264,7 +137,7 @@ def records_to_save(
         if reanalyze:
             carried.update(wanted)
         else:
-            carried.update(set(wanted) - _saved_ids(store, stage, wanted, any_version=True))
+            carried.update(set(wanted) - saved_record_ids(store, stage.name, None, wanted))
         needed[stage.name] = set(carried)
     return needed
 
@@ -275,19 +148,16 @@ def _run_directly(
     return stage.run(batch, context), False
 
 
-def _with_as_of(store: Store, scope: ColumnElement[bool], context: StageContext) -> StageContext:
+def _with_as_of(store: Store, scope: RecordScope, context: StageContext) -> StageContext:
     """``context`` with option ``as_of`` (newest ``created_at`` in scope) unless already given."""
     if context.options.get("as_of") is not None:
         return context
-    with store.engine.connect() as connection:
-        newest = connection.execute(
-            select(func.max(schema.feedback.c.created_at)).where(_scoped(scope))
-        ).scalar()
+    newest = newest_created_at(store, scope)
     return replace(context, options={**context.options, "as_of": newest})
 
 
 def analyse_in_chunks(
-    scope: ColumnElement[bool],
+    scope: RecordScope,
     stages: Sequence[Stage],
     context: StageContext,
     chunk_size: int,
@@ -302,7 +172,7 @@ def analyse_in_chunks(
     set to the newest ``created_at`` in scope unless given).
 
     Args:
-        scope: Condition on ``feedback`` (``run_scope``, ``range_scope``).
+        scope: The records (``run_scope``, ``range_scope``).
         stages: Stages to run, in order.
         context: Store, run id and options.
         chunk_size: Records read, analysed and saved at a time.

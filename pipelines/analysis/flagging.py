@@ -18,13 +18,12 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
 
 from pipelines._errors import ConfigError
 from pipelines.analysis.churn import ChurnDetector, ChurnMatch, ChurnRules
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import Store, negative_customer_records, schema
 
 __all__ = [
     "FLAG_COLUMNS",
@@ -416,23 +415,16 @@ def _repeat_negative_counts(
     ]
     valid_times = created.dropna()
     if store is not None and not valid_times.empty:
-        feedback, sentiment = schema.feedback, schema.sentiment
-        query = (
-            select(feedback.c.id, feedback.c.customer_id, feedback.c.created_at)
-            .join(sentiment, sentiment.c.record_id == feedback.c.id)
-            .where(
-                feedback.c.customer_id.in_(sorted(set(known))),
-                sentiment.c.label == "negative",
-                feedback.c.created_at >= (valid_times.min() - window).to_pydatetime(),
-                feedback.c.created_at <= valid_times.max().to_pydatetime(),
-            )
-            .distinct()
+        stored = negative_customer_records(
+            store,
+            known.tolist(),
+            (valid_times.min() - window).to_pydatetime(),
+            valid_times.max().to_pydatetime(),
         )
-        with store.engine.connect() as connection:
-            for record, customer, stamp in connection.execute(query):
-                moment = pd.Timestamp(stamp)
-                moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment
-                negatives.append((str(record), str(customer), moment))
+        for record, customer, stamp in stored:
+            moment = pd.Timestamp(stamp)
+            moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment
+            negatives.append((str(record), str(customer), moment))
 
     counts = []
     for record, customer, stamp in zip(record_ids, customers, created, strict=True):

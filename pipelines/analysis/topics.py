@@ -1,9 +1,10 @@
 """Discovered topics with stable ids: fit on a window, assign nightly, refit on schedule.
 
-Fitting uses BERTopic fed our precomputed embeddings: PCA as its dimensionality reduction and
-k-means as its clustering (UMAP + HDBSCAN cost minutes on 20,000 records on two cores and are
-not deterministic; see models/cards/topics.md for the measurements), and c-TF-IDF over
-spaCy-tokenised, stop-word-filtered text (``pipelines.text.tokens``) for keywords. Before
+Fitting follows BERTopic's recipe on our precomputed embeddings: PCA as the dimensionality
+reduction and k-means as the clustering (UMAP + HDBSCAN cost minutes on 20,000 records on two
+cores and are not deterministic; see models/cards/topics.md for the measurements), and
+BERTopic's class-based TF-IDF over spaCy-tokenised, stop-word-filtered text
+(``pipelines.text.tokens``) for keywords. Before
 clustering every embedding has its language's mean removed, so topics group what is said
 rather than the language it is said in.
 
@@ -18,6 +19,7 @@ in ``topic_models`` as JSON + safetensors (never pickle).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,14 +30,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 from scipy.optimize import linear_sum_assignment
-from sqlalchemy import select
 
 from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder
 from pipelines.analysis.aspects import normalize_polarity
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    Store,
+    latest_topic_model_row,
+    schema,
+    topic_exists,
+    topic_label_map,
+    topic_members,
+    window_records,
+)
 from pipelines.text import tokens
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "TopicStage",
     "TopicsConfig",
     "TrendSettings",
+    "class_keywords",
     "fit_topic_model",
     "latest_topic_model",
     "list_topics",
@@ -305,12 +315,9 @@ def _cluster(
     settings: TopicSettings,
     previous_centroids: np.ndarray | None,
 ) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """BERTopic fit on PCA-reduced vectors with k-means; cluster per row, keywords per cluster."""
-    from bertopic import BERTopic
-    from bertopic.dimensionality import BaseDimensionalityReduction
+    """PCA-reduced vectors clustered with k-means; cluster per row, keywords per cluster."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
-    from sklearn.feature_extraction.text import CountVectorizer
 
     count = centred.shape[0]
     n_topics = int(
@@ -325,29 +332,61 @@ def _cluster(
         reducer.transform(previous_centroids) if previous_centroids is not None else None,
         n_topics,
     )
-    model = BERTopic(
-        umap_model=BaseDimensionalityReduction(),
-        hdbscan_model=KMeans(
+    clusters = (
+        KMeans(
             n_clusters=n_topics,
             init=initial,
             n_init=1 if isinstance(initial, np.ndarray) else 3,
             random_state=_KMEANS_SEED,
-        ),
-        vectorizer_model=CountVectorizer(analyzer=_split_on_spaces),
-        top_n_words=settings.keywords_per_topic,
-        language="multilingual",  # "english" would strip every non-ASCII character
-        calculate_probabilities=False,
-    )
-    has_vocabulary = any(documents)
-    model.fit(documents if has_vocabulary else ["_"] * count, embeddings=reduced)
-    clusters = np.asarray(model.topics_, dtype=np.int64)
-    keywords: dict[int, list[str]] = {}
-    for cluster in np.unique(clusters):
-        words = model.get_topic(int(cluster)) or []
-        keywords[int(cluster)] = (
-            [w for w, score in words if w and score > 0] if has_vocabulary else []
         )
-    return clusters, keywords
+        .fit_predict(reduced)
+        .astype(np.int64)
+    )
+    return clusters, class_keywords(documents, clusters, settings.keywords_per_topic)
+
+
+def class_keywords(
+    documents: Sequence[str], clusters: np.ndarray, top_n: int
+) -> dict[int, list[str]]:
+    """The top words of each cluster by class-based TF-IDF (c-TF-IDF, as BERTopic defines it).
+
+    A cluster's documents are joined into one; a word's weight is its L1-normalised frequency in
+    the cluster times ``log(1 + A / f)``, with ``A`` the average number of words per cluster and
+    ``f`` the word's frequency over all clusters. (BERTopic's own implementation is not imported:
+    it pulls in UMAP, HDBSCAN and numba, ~330 MB and a long JIT, for this one formula.)
+
+    Args:
+        documents: Space-separated tokens of each record (see ``tokens``).
+        clusters: Cluster of each record.
+        top_n: Keywords per cluster.
+
+    Returns:
+        Cluster -> keywords, best first (empty when no record of it has a token).
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    labels = sorted({int(cluster) for cluster in clusters})
+    if not any(documents):
+        return {label: [] for label in labels}
+    joined = [
+        " ".join(doc for doc, cluster in zip(documents, clusters, strict=True) if cluster == label)
+        for label in labels
+    ]
+    vectorizer = CountVectorizer(analyzer=_split_on_spaces)
+    counts = vectorizer.fit_transform(joined).astype(np.float64)
+    words = vectorizer.get_feature_names_out()
+    frequency = np.asarray(counts.sum(axis=0)).ravel()
+    average_words = int(counts.sum(axis=1).mean())
+    scores = normalize(counts, norm="l1", axis=1).multiply(np.log(average_words / frequency + 1))
+    scores = scores.tocsr()
+    keywords: dict[int, list[str]] = {}
+    for row, label in enumerate(labels):
+        start, end = scores.indptr[row], scores.indptr[row + 1]
+        values, columns = scores.data[start:end], scores.indices[start:end]
+        best = np.argsort(-values, kind="stable")[:top_n]
+        keywords[label] = [str(words[columns[i]]) for i in best if values[i] > 0]
+    return keywords
 
 
 def fit_topic_model(
@@ -468,12 +507,7 @@ def latest_topic_model(store: Store, encoder_version: str | None = None) -> Topi
     Returns:
         The model, or None when none is stored.
     """
-    table = schema.topic_models
-    query = select(table).order_by(table.c.fitted_at.desc()).limit(1)
-    if encoder_version is not None:
-        query = query.where(table.c.encoder_version == encoder_version)
-    with store.engine.connect() as connection:
-        row = connection.execute(query).mappings().first()
+    row = latest_topic_model_row(store, encoder_version)
     return TopicModel.from_row(row) if row is not None else None
 
 
@@ -486,9 +520,7 @@ def topic_labels(store: Store) -> dict[int, str]:
     Returns:
         Topic id -> label.
     """
-    table = schema.topic_labels
-    with store.engine.connect() as connection:
-        return {int(r.topic_id): r.label for r in connection.execute(select(table))}
+    return topic_label_map(store)
 
 
 def rename_topic(store: Store, topic_id: int, label: str) -> None:
@@ -505,37 +537,12 @@ def rename_topic(store: Store, topic_id: int, label: str) -> None:
     label = label.strip()
     if not label:
         raise ModelError("a topic label cannot be empty; pass the new label in quotes")
-    with store.engine.connect() as connection:
-        known = connection.execute(
-            select(schema.topics.c.topic_id).where(schema.topics.c.topic_id == topic_id).limit(1)
-        ).first()
-    if known is None:
+    if not topic_exists(store, topic_id):
         raise ModelError(f"no topic with id {topic_id}; list the ids with `feedback topics`")
     store.upsert(
         schema.topic_labels,
         [{"topic_id": topic_id, "label": label, "updated_at": datetime.now(UTC)}],
     )
-
-
-def _window_records(store: Store, start: datetime, end: datetime, limit: int) -> pd.DataFrame:
-    """The window's records, or a seeded uniform sample of ``limit`` of them (bounded memory)."""
-    table = schema.feedback
-    columns = [table.c.id, table.c.text, table.c.lang, table.c.created_at]
-    in_window = (
-        (table.c.created_at >= start) & (table.c.created_at <= end) & table.c.duplicate_of.is_(None)
-    )
-    with store.engine.connect() as connection:
-        ids = list(connection.execute(select(table.c.id).where(in_window)).scalars())
-        if len(ids) > limit:
-            sample = np.random.default_rng(_KMEANS_SEED).choice(len(ids), size=limit, replace=False)
-            ids = sorted(ids[index] for index in sample)
-        else:
-            ids.sort()
-        rows = []
-        for first in range(0, len(ids), 1000):
-            query = select(*columns).where(table.c.id.in_(ids[first : first + 1000]))
-            rows += connection.execute(query.order_by(table.c.id)).mappings().all()
-    return pd.DataFrame(rows, columns=["id", "text", "lang", "created_at"])
 
 
 def _as_of(batch: pd.DataFrame, context: StageContext) -> datetime:
@@ -606,7 +613,9 @@ class TopicStage(Stage):
         previous: TopicModel | None,
     ) -> TopicModel | None:
         start = as_of - timedelta(days=self.settings.window_days)
-        stored = _window_records(context.store, start, as_of, self.settings.max_fit_records)
+        stored = window_records(
+            context.store, start, as_of, self.settings.max_fit_records, _KMEANS_SEED
+        )
         stored = stored[~stored["id"].isin(set(batch["id"]))] if "id" in batch.columns else stored
         texts = [_text(value) for value in batch["text"]] + list(stored["text"])
         langs = _langs(batch) + _langs(stored)
@@ -730,34 +739,7 @@ def list_topics(store: Store, examples: int = 3) -> pd.DataFrame:
     model = latest_topic_model(store)
     if model is None:
         return pd.DataFrame(columns=columns)
-    with store.engine.connect() as connection:
-        assignments = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.record_topics.c.record_id,
-                    schema.record_topics.c.topic_id,
-                    schema.record_topics.c.similarity,
-                    schema.record_topics.c.created_at,
-                    schema.feedback.c.text,
-                    schema.feedback.c.lang,
-                ).join(schema.feedback, schema.feedback.c.id == schema.record_topics.c.record_id)
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "topic_id", "similarity", "created_at", "text", "lang"],
-        )
-        sentiments = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.sentiment.c.record_id,
-                    schema.sentiment.c.label,
-                    schema.sentiment.c.created_at,
-                )
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "label", "created_at"],
-        )
+    assignments, sentiments = topic_members(store)
     labels = topic_labels(store)
     assignments = assignments.sort_values("created_at").drop_duplicates("record_id", keep="last")
     sentiments = sentiments.sort_values("created_at").drop_duplicates("record_id", keep="last")

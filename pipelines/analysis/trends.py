@@ -18,12 +18,11 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pandas as pd
 from scipy.stats import poisson
-from sqlalchemy import select
 
 from pipelines.analysis.aspects import normalize_polarity
 from pipelines.analysis.topics import UNASSIGNED, TrendSettings, load_topics_config
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import Store, window_results
 
 __all__ = [
     "SPIKE_COLUMNS",
@@ -150,54 +149,8 @@ def negative_events(store: Store, start: datetime, end: datetime) -> pd.DataFram
     Returns:
         Columns ``record_id, kind, key, day``.
     """
-    feedback = schema.feedback
-    in_window = (feedback.c.created_at >= start) & (feedback.c.created_at < end)
-    with store.engine.connect() as connection:
-        aspects = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.aspects.c.record_id,
-                    schema.aspects.c.aspect,
-                    schema.aspects.c.polarity,
-                    schema.aspects.c.created_at.label("stored_at"),
-                    feedback.c.created_at,
-                )
-                .join(feedback, feedback.c.id == schema.aspects.c.record_id)
-                .where(in_window)
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "aspect", "polarity", "stored_at", "created_at"],
-        )
-        topics = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.record_topics.c.record_id,
-                    schema.record_topics.c.topic_id,
-                    schema.record_topics.c.created_at.label("stored_at"),
-                    feedback.c.created_at,
-                )
-                .join(feedback, feedback.c.id == schema.record_topics.c.record_id)
-                .where(in_window)
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "topic_id", "stored_at", "created_at"],
-        )
-        sentiments = pd.DataFrame(
-            connection.execute(
-                select(
-                    schema.sentiment.c.record_id,
-                    schema.sentiment.c.label,
-                    schema.sentiment.c.created_at.label("stored_at"),
-                )
-                .join(feedback, feedback.c.id == schema.sentiment.c.record_id)
-                .where(in_window)
-            )
-            .mappings()
-            .all(),
-            columns=["record_id", "label", "stored_at"],
-        )
+    stored = window_results(store, start, end)
+    aspects, topics, sentiments = stored.aspects, stored.topics, stored.sentiments
     events = []
     if not aspects.empty:
         aspects = aspects[aspects["polarity"].map(normalize_polarity) == "negative"]

@@ -22,7 +22,6 @@ from multiprocessing.queues import Queue
 from typing import Any, NamedTuple
 
 import pandas as pd
-from sqlalchemy import select
 
 from pipelines._errors import CountBalanceError, SourceError
 from pipelines.ingest.dedupe import mark_duplicates, text_hash
@@ -38,7 +37,7 @@ from pipelines.ingest.sources import (
     Source,
     SourceBatch,
 )
-from pipelines.storage import Refused, Store, schema
+from pipelines.storage import Refused, Store, recent_records, schema
 
 __all__ = [
     "DB_REFUSED",
@@ -121,20 +120,12 @@ def prepare_records(batch: SourceBatch) -> tuple[pd.DataFrame, list[Rejected]]:
 
 
 def _recent_records(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
-    table = schema.feedback
     authors = [value for value in frame["author"].dropna().unique().tolist()]
     customers = [value for value in frame["customer_id"].dropna().unique().tolist()]
     if not authors and not customers:
         return pd.DataFrame(columns=list(_RECENT_COLUMNS))
     oldest = frame["created_at"].min() - DUPLICATE_WINDOW
-    query = select(*(table.c[name] for name in _RECENT_COLUMNS)).where(
-        table.c.created_at >= oldest,
-        table.c.duplicate_of.is_(None),
-        table.c.author.in_(authors) | table.c.customer_id.in_(customers),
-    )
-    with store.engine.connect() as connection:
-        rows = connection.execute(query).mappings().all()
-    return pd.DataFrame(rows, columns=list(_RECENT_COLUMNS))
+    return recent_records(store, authors, customers, oldest, _RECENT_COLUMNS)
 
 
 def _to_rows(frame: pd.DataFrame, run_id: str) -> list[dict[str, Any]]:

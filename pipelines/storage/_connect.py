@@ -19,11 +19,15 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from pipelines._errors import StoreError
 
-__all__ = ["BUSY_WAIT_ENV", "DEFAULT_BUSY_WAIT", "create_store_engine"]
+__all__ = ["BUSY_WAIT_ENV", "DEFAULT_BUSY_WAIT", "DatabaseUnavailable", "create_store_engine"]
+
+DatabaseUnavailable = OperationalError
+"""The database could not be reached or opened mid-run (``.orig``: the driver's error)."""
 
 BUSY_WAIT_ENV = "FEEDBACK_DB_BUSY_WAIT"
 DEFAULT_BUSY_WAIT = 120.0

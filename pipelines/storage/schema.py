@@ -35,6 +35,7 @@ __all__ = [
     "embeddings",
     "feedback",
     "flags",
+    "labels",
     "metadata",
     "quarantine",
     "record_topics",
@@ -299,6 +300,21 @@ run_locks = Table(
     Column("holder", Text, nullable=True, comment="host:pid:start of the process holding it"),
 )
 
+
+labels = Table(
+    "labels",
+    metadata,
+    Column("label_id", String(32), primary_key=True, comment="hash of record, kind, who, when"),
+    Column("record_id", String(32), nullable=False, index=True),
+    Column("sentiment", String(10), comment="negative, neutral or positive; NULL: not given"),
+    Column("aspects", JSONText, comment="aspect -> polarity; NULL: not given"),
+    Column("not_complaint", Boolean, nullable=False, comment="a person said: not a complaint"),
+    Column("kind", String(10), nullable=False, comment="human, rating or nps"),
+    Column("labelled_by", Text, comment="who gave a human label (lead, analyst, import file)"),
+    Column("note", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    comment="labels for training: the newest human label of a record wins over weak ones",
+)
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.
 _SCHEMA_LOCK_KEY = 0x46454544_0001

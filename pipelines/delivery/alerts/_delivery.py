@@ -23,19 +23,21 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-from sqlalchemy import or_, select, update
-
 from pipelines.analysis.flagging import PRIORITIES
-from pipelines.delivery.alerts._ledger import (
-    _utc,
-    describe_reply,
-    ensure_deliveries,
-    lock_alerts,
-    refresh_alerts,
-)
+from pipelines.delivery.alerts._ledger import _utc
 from pipelines.delivery.alerts._mailer import Mailer
 from pipelines.delivery.alerts._messages import build_digest_message, build_p1_message
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    DeliveryOutcome,
+    Store,
+    alert_statuses,
+    claim_deliveries,
+    describe_reply,
+    ensure_deliveries,
+    pending_deliveries,
+    release_stale_claims,
+    settle_deliveries,
+)
 
 __all__ = ["ALERT_KINDS", "DeliveryPolicy", "DeliveryReport", "deliver_pending"]
 
@@ -114,27 +116,7 @@ def _due(
     store: Store, moment: datetime, kinds: Collection[str] | None
 ) -> tuple[list[dict[str, Any]], int]:
     """Pending deliveries due now, with their alert's content; and alerts backing off."""
-    deliveries, alerts = schema.alert_deliveries, schema.alerts
-    query = (
-        select(
-            deliveries.c.alert_id,
-            deliveries.c.recipient,
-            deliveries.c.next_attempt_at,
-            alerts.c.record_id,
-            alerts.c.kind,
-            alerts.c.priority,
-            alerts.c.generation,
-            alerts.c.payload,
-            alerts.c.sla_hours,
-            alerts.c.respond_by,
-        )
-        .join(alerts, alerts.c.alert_id == deliveries.c.alert_id)
-        .where(deliveries.c.status == "pending")
-    )
-    if kinds is not None:
-        query = query.where(alerts.c.kind.in_(sorted(set(kinds))))
-    with store.engine.connect() as connection:
-        pending = [dict(row._mapping) for row in connection.execute(query)]
+    pending = pending_deliveries(store, kinds)
     due, waiting = [], set()
     for item in pending:
         item["respond_by"] = _utc(item["respond_by"])
@@ -170,26 +152,13 @@ def _claim(
     store: Store, group: Sequence[Mapping[str, Any]], moment: datetime, token: str
 ) -> list[dict[str, Any]]:
     """Claim the group's deliveries still pending and due; returns those claimed."""
-    deliveries = schema.alert_deliveries
-    alert_ids = sorted({item["alert_id"] for item in group})
-    with store.begin() as connection:
-        lock_alerts(connection, alert_ids)
-        claimed = connection.execute(
-            update(deliveries)
-            .where(
-                deliveries.c.alert_id.in_(alert_ids),
-                deliveries.c.recipient.in_(sorted({item["recipient"] for item in group})),
-                deliveries.c.status == "pending",
-                or_(
-                    deliveries.c.next_attempt_at.is_(None),
-                    deliveries.c.next_attempt_at <= moment,
-                ),
-            )
-            .values(status="sending", claimed_at=moment, claim=token, updated_at=moment)
-            .returning(deliveries.c.alert_id, deliveries.c.recipient, deliveries.c.attempts)
-        ).all()
-        if claimed:
-            refresh_alerts(connection, alert_ids, moment)
+    claimed = claim_deliveries(
+        store,
+        {item["alert_id"] for item in group},
+        {item["recipient"] for item in group},
+        moment,
+        token,
+    )
     attempts = {(row.alert_id, row.recipient): row.attempts for row in claimed}
     return [
         {**item, "attempts": attempts[(item["alert_id"], item["recipient"])]}
@@ -234,85 +203,53 @@ def _settle(
     report: DeliveryReport,
 ) -> None:
     """Record each claimed delivery as sent, or refused: retry later or failed for good."""
-    deliveries = schema.alert_deliveries
-    alert_ids = sorted({item["alert_id"] for item in claimed})
-    with store.begin() as connection:
-        lock_alerts(connection, alert_ids)
-        for item in claimed:
-            attempts = int(item["attempts"]) + 1
-            reply = refused.get(item["recipient"])
-            values: dict[str, Any] = {"attempts": attempts, "claimed_at": None, "claim": None}
-            if reply is None:
-                values.update(
-                    status="sent",
-                    last_code=None,
-                    last_reply=None,
-                    next_attempt_at=None,
+    outcomes = []
+    for item in claimed:
+        attempts = int(item["attempts"]) + 1
+        reply = refused.get(item["recipient"])
+        if reply is None:
+            outcomes.append(
+                DeliveryOutcome(
+                    item["alert_id"],
+                    item["recipient"],
+                    "sent",
+                    attempts,
                     sent_at=moment,
                     message_id=message_id,
                 )
-            else:
-                gave_up = attempts >= policy.max_attempts
-                values.update(
-                    status="failed" if gave_up else "pending",
-                    last_code=reply[0],
-                    last_reply=reply[1][:_REPLY_CHARS],
-                    next_attempt_at=None if gave_up else moment + policy.backoff(attempts),
-                )
-                error = f"{item['recipient']}: {describe_reply(*reply)}"
-                if error not in report.errors:
-                    report.errors.append(error)
-            changed = connection.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.alert_id == item["alert_id"],
-                    deliveries.c.recipient == item["recipient"],
-                    deliveries.c.status == "sending",
-                    deliveries.c.claim == token,
-                )
-                .values(**values, updated_at=moment)
-            ).rowcount
-            if changed:
-                outcome = values["status"]
-                report.deliveries_sent += outcome == "sent"
-                report.deliveries_retrying += outcome == "pending"
-                report.deliveries_failed += outcome == "failed"
-        refresh_alerts(connection, alert_ids, moment)
+            )
+            continue
+        gave_up = attempts >= policy.max_attempts
+        outcomes.append(
+            DeliveryOutcome(
+                item["alert_id"],
+                item["recipient"],
+                "failed" if gave_up else "pending",
+                attempts,
+                last_code=reply[0],
+                last_reply=reply[1][:_REPLY_CHARS],
+                next_attempt_at=None if gave_up else moment + policy.backoff(attempts),
+            )
+        )
+        error = f"{item['recipient']}: {describe_reply(*reply)}"
+        if error not in report.errors:
+            report.errors.append(error)
+    for outcome in settle_deliveries(store, outcomes, moment, token):
+        report.deliveries_sent += outcome.status == "sent"
+        report.deliveries_retrying += outcome.status == "pending"
+        report.deliveries_failed += outcome.status == "failed"
 
 
 def _release_stale_claims(store: Store, moment: datetime, policy: DeliveryPolicy) -> None:
     """Deliveries a crashed run left ``sending`` past the claim timeout become pending again."""
-    deliveries = schema.alert_deliveries
-    cutoff = moment - timedelta(seconds=policy.claim_timeout_s)
-    stale = (deliveries.c.status == "sending", deliveries.c.claimed_at < cutoff)
-    with store.engine.connect() as connection:
-        alert_ids = (
-            connection.execute(select(deliveries.c.alert_id).where(*stale).distinct())
-            .scalars()
-            .all()
-        )
-    if not alert_ids:
-        return
-    with store.begin() as connection:
-        lock_alerts(connection, alert_ids)
-        connection.execute(
-            update(deliveries)
-            .where(deliveries.c.alert_id.in_(alert_ids), *stale)
-            .values(status="pending", claimed_at=None, claim=None, updated_at=moment)
-        )
-        refresh_alerts(connection, alert_ids, moment)
+    release_stale_claims(store, moment - timedelta(seconds=policy.claim_timeout_s), moment)
 
 
 def _count_alerts(store: Store, alert_ids: set[str], report: DeliveryReport) -> None:
-    alerts = schema.alerts
-    with store.engine.connect() as connection:
-        statuses = connection.execute(
-            select(alerts.c.status).where(alerts.c.alert_id.in_(sorted(alert_ids)))
-        ).scalars()
-        for status in statuses:
-            report.alerts_sent += status == "sent"
-            report.alerts_failed += status == "failed"
-            report.alerts_retrying += status in ("pending", "sending")
+    for status in alert_statuses(store, alert_ids):
+        report.alerts_sent += status == "sent"
+        report.alerts_failed += status == "failed"
+        report.alerts_retrying += status in ("pending", "sending")
 
 
 def deliver_pending(

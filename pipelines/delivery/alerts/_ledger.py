@@ -2,199 +2,44 @@
 
 Each alert has one row per recipient. An alert is ``sent`` only when every recipient was
 accepted by the mail server, ``failed`` once a recipient failed for good and none is still open,
-``sending`` while a delivery run holds a claim, and ``pending`` otherwise. Every change to an
-alert's rows locks the alert row first (PostgreSQL ``SELECT ... FOR UPDATE``, in alert-id order
-so that concurrent runs cannot deadlock); DuckDB has a single writer, serialised by the Store.
+``sending`` while a delivery run holds a claim, and ``pending`` otherwise. The rows, the locks
+taken to change them and the derived status live in ``pipelines.storage``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, or_, select, update
-
 from pipelines._errors import DeliveryWarning
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    Store,
+    alert_ids_of_records,
+    describe_reply,
+    ensure_deliveries,
+    rearm_deliveries,
+    retry_failed_deliveries,
+    undelivered,
+)
 
 __all__ = [
     "DELIVERY_STATUSES",
     "DeliveryBacklog",
     "delivery_backlog",
     "describe_reply",
-    "ensure_deliveries",
-    "lock_alerts",
     "rearm_alerts",
-    "refresh_alerts",
     "retry_failed",
 ]
 
 DELIVERY_STATUSES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
 _OPEN = ("pending", "sending")
-_CHUNK = 1000
-_REPLY_CHARS = 1000
 _SHOWN = 20
 
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
-    ordered = sorted(set(values))
-    for start in range(0, len(ordered), _CHUNK):
-        yield ordered[start : start + _CHUNK]
-
-
-def describe_reply(code: int | None, reply: str | None) -> str:
-    """``550 No such user``, or the connection error when the server gave no reply code."""
-    text = " ".join((reply or "").split())
-    return f"{code} {text}".strip() if code is not None else text
-
-
-def lock_alerts(connection: Connection, alert_ids: Sequence[str]) -> None:
-    """Lock the alert rows (PostgreSQL) before their deliveries change, in alert-id order.
-
-    Args:
-        connection: The open transaction.
-        alert_ids: Alerts about to change.
-    """
-    if connection.dialect.name != "postgresql" or not alert_ids:
-        return
-    alerts = schema.alerts
-    connection.execute(
-        select(alerts.c.alert_id)
-        .where(alerts.c.alert_id.in_(sorted(set(alert_ids))))
-        .order_by(alerts.c.alert_id)
-        .with_for_update()
-    ).all()
-
-
-def _derived_status(statuses: set[str]) -> str:
-    for status in ("sending", "pending", "failed"):
-        if status in statuses:
-            return status
-    return "sent"
-
-
-def refresh_alerts(connection: Connection, alert_ids: Sequence[str], now: datetime) -> None:
-    """Derive each alert's status, attempts, last error, next attempt and sent time from its
-    delivery rows (call with the alerts locked, in the transaction that changed the rows).
-
-    Args:
-        connection: The open transaction.
-        alert_ids: Alerts whose deliveries changed.
-        now: ``updated_at`` of the alerts.
-    """
-    deliveries, alerts = schema.alert_deliveries, schema.alerts
-    rows: dict[str, list[Any]] = {}
-    for chunk in _chunks(alert_ids):
-        query = select(deliveries).where(deliveries.c.alert_id.in_(chunk))
-        for row in connection.execute(query.order_by(deliveries.c.recipient)):
-            rows.setdefault(row.alert_id, []).append(row)
-    for alert_id, items in rows.items():
-        status = _derived_status({item.status for item in items})
-        unsent = [item for item in items if item.status != "sent" and item.last_reply]
-        waits = [item.next_attempt_at for item in items if item.status == "pending"]
-        claims = [item.claimed_at for item in items if item.status == "sending"]
-        sent = [item for item in items if item.status == "sent" and item.sent_at is not None]
-        latest = max(sent, key=lambda item: item.sent_at, default=None)
-        last_error = "; ".join(
-            f"{item.recipient}: {describe_reply(item.last_code, item.last_reply)}"
-            for item in unsent
-        )
-        connection.execute(
-            update(alerts)
-            .where(alerts.c.alert_id == alert_id)
-            .values(
-                status=status,
-                attempts=max(item.attempts for item in items),
-                last_error=last_error[:_REPLY_CHARS] or None,
-                next_attempt_at=min((w for w in waits if w is not None), default=None),
-                claimed_at=max(claims, default=None),
-                sent_at=latest.sent_at if latest and status == "sent" else None,
-                message_id=latest.message_id if latest else None,
-                updated_at=now,
-            )
-        )
-
-
-def ensure_deliveries(store: Store, now: datetime, alert_ids: Iterable[str] | None = None) -> int:
-    """Give alerts that have no delivery rows one per recipient, in the alert's state.
-
-    New alerts get pending rows; alerts written before deliveries were tracked per recipient
-    keep their state (sent stays sent, failed stays failed, anything else is pending).
-
-    Args:
-        store: The database.
-        now: ``updated_at`` of the new rows.
-        alert_ids: Only these alerts; every alert lacking rows when None.
-
-    Returns:
-        Delivery rows added.
-    """
-    alerts, deliveries = schema.alerts, schema.alert_deliveries
-    query = select(
-        alerts.c.alert_id,
-        alerts.c.recipients,
-        alerts.c.status,
-        alerts.c.attempts,
-        alerts.c.last_error,
-        alerts.c.next_attempt_at,
-        alerts.c.sent_at,
-        alerts.c.message_id,
-    ).where(~exists().where(deliveries.c.alert_id == alerts.c.alert_id))
-    scopes = (
-        [query]
-        if alert_ids is None
-        else [query.where(alerts.c.alert_id.in_(chunk)) for chunk in _chunks(alert_ids)]
-    )
-    rows = []
-    with store.engine.connect() as connection:
-        for scoped in scopes:
-            for alert in connection.execute(scoped):
-                status = alert.status if alert.status in ("sent", "failed") else "pending"
-                rows += [
-                    {
-                        "alert_id": alert.alert_id,
-                        "recipient": recipient,
-                        "status": status,
-                        "attempts": alert.attempts,
-                        "last_code": None,
-                        "last_reply": alert.last_error if status != "sent" else None,
-                        "next_attempt_at": alert.next_attempt_at if status == "pending" else None,
-                        "claimed_at": None,
-                        "claim": None,
-                        "sent_at": alert.sent_at if status == "sent" else None,
-                        "message_id": alert.message_id if status == "sent" else None,
-                        "updated_at": now,
-                    }
-                    for recipient in dict.fromkeys(alert.recipients)
-                ]
-    return store.insert_ignore(deliveries, rows)
-
-
-_RESET = {
-    "status": "pending",
-    "attempts": 0,
-    "last_code": None,
-    "last_reply": None,
-    "next_attempt_at": None,
-    "claimed_at": None,
-    "claim": None,
-}
-
-
-def _alert_ids_of(store: Store, record_ids: Iterable[str]) -> list[str]:
-    alerts = schema.alerts
-    found: list[str] = []
-    with store.engine.connect() as connection:
-        for chunk in _chunks(str(record_id) for record_id in record_ids):
-            query = select(alerts.c.alert_id).where(alerts.c.record_id.in_(chunk))
-            found += connection.execute(query).scalars().all()
-    return found
 
 
 def rearm_alerts(
@@ -219,37 +64,9 @@ def rearm_alerts(
         Alerts re-armed.
     """
     moment = _utc(now or datetime.now(UTC))
-    alerts, deliveries = schema.alerts, schema.alert_deliveries
-    wanted = set(alert_ids) | set(_alert_ids_of(store, record_ids))
+    wanted = set(alert_ids) | set(alert_ids_of_records(store, record_ids))
     ensure_deliveries(store, moment, wanted)
-    rearmed = 0
-    for chunk in _chunks(wanted):
-        with store.begin() as connection:
-            lock_alerts(connection, chunk)
-            targets = (
-                connection.execute(
-                    select(alerts.c.alert_id).where(
-                        alerts.c.alert_id.in_(chunk), alerts.c.status.in_(("sent", "failed"))
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if not targets:
-                continue
-            connection.execute(
-                update(deliveries)
-                .where(deliveries.c.alert_id.in_(targets))
-                .values(**_RESET, sent_at=None, message_id=None, updated_at=moment)
-            )
-            connection.execute(
-                update(alerts)
-                .where(alerts.c.alert_id.in_(targets))
-                .values(generation=alerts.c.generation + 1)
-            )
-            refresh_alerts(connection, targets, moment)
-            rearmed += len(targets)
-    return rearmed
+    return rearm_deliveries(store, wanted, moment)
 
 
 def retry_failed(store: Store, reference: str | None = None, now: datetime | None = None) -> int:
@@ -263,26 +80,7 @@ def retry_failed(store: Store, reference: str | None = None, now: datetime | Non
     Returns:
         Deliveries re-armed.
     """
-    moment = _utc(now or datetime.now(UTC))
-    alerts, deliveries = schema.alerts, schema.alert_deliveries
-    query = select(deliveries.c.alert_id).where(deliveries.c.status == "failed").distinct()
-    if reference is not None:
-        query = query.join(alerts, alerts.c.alert_id == deliveries.c.alert_id).where(
-            or_(alerts.c.alert_id == reference, alerts.c.record_id == reference)
-        )
-    with store.engine.connect() as connection:
-        wanted = connection.execute(query).scalars().all()
-    retried = 0
-    for chunk in _chunks(wanted):
-        with store.begin() as connection:
-            lock_alerts(connection, chunk)
-            retried += connection.execute(
-                update(deliveries)
-                .where(deliveries.c.alert_id.in_(chunk), deliveries.c.status == "failed")
-                .values(**_RESET, updated_at=moment)
-            ).rowcount
-            refresh_alerts(connection, chunk, moment)
-    return int(retried)
+    return retry_failed_deliveries(store, reference, _utc(now or datetime.now(UTC)))
 
 
 @dataclass(frozen=True)
@@ -369,16 +167,7 @@ def delivery_backlog(store: Store) -> DeliveryBacklog:
     Returns:
         Counts and the first undelivered rows.
     """
-    deliveries = schema.alert_deliveries
-    query = (
-        select(deliveries)
-        .where(deliveries.c.status != "sent")
-        .order_by(
-            (deliveries.c.status != "failed"), deliveries.c.updated_at.desc(), deliveries.c.alert_id
-        )
-    )
-    with store.engine.connect() as connection:
-        rows = connection.execute(query).all()
+    rows = undelivered(store)
     tried = [row for row in rows if row.status in _OPEN and row.attempts > 0]
     waits = [row.next_attempt_at for row in tried if row.next_attempt_at is not None]
     return DeliveryBacklog(

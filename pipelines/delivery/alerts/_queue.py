@@ -12,12 +12,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, or_, select, update
 
 from pipelines.analysis.flagging import PRIORITIES, summarize
-from pipelines.delivery.alerts._ledger import DELIVERY_STATUSES, ensure_deliveries, rearm_alerts
+from pipelines.delivery.alerts._ledger import DELIVERY_STATUSES, rearm_alerts
 from pipelines.delivery.routing import RoutingConfig
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    Store,
+    ack_alerts,
+    alert_timings,
+    ensure_deliveries,
+    query_alerts,
+    resolve_alerts,
+    schema,
+)
 
 __all__ = [
     "ALERT_STATUSES",
@@ -149,11 +156,6 @@ def enqueue_alerts(
     return queued + rearm_alerts(store, alert_ids=existing, now=moment)
 
 
-def _resolve_reference(reference: str) -> Any:
-    alerts = schema.alerts
-    return or_(alerts.c.alert_id == reference, alerts.c.record_id == reference)
-
-
 def ack_alert(store: Store, reference: str, now: datetime | None = None) -> int:
     """Mark alerts as acknowledged (an earlier acknowledgement time is kept).
 
@@ -165,16 +167,7 @@ def ack_alert(store: Store, reference: str, now: datetime | None = None) -> int:
     Returns:
         Number of alerts matched (0: unknown id).
     """
-    alerts = schema.alerts
-    moment = _utc(now or datetime.now(UTC))
-    with store.begin() as connection:
-        return int(
-            connection.execute(
-                update(alerts)
-                .where(_resolve_reference(reference))
-                .values(acked_at=func.coalesce(alerts.c.acked_at, moment), updated_at=moment)
-            ).rowcount
-        )
+    return ack_alerts(store, reference, _utc(now or datetime.now(UTC)))
 
 
 def resolve_alert(
@@ -191,21 +184,7 @@ def resolve_alert(
     Returns:
         Number of alerts matched (0: unknown id).
     """
-    alerts = schema.alerts
-    moment = _utc(now or datetime.now(UTC))
-    values: dict[str, Any] = {
-        "acked_at": func.coalesce(alerts.c.acked_at, moment),
-        "resolved_at": func.coalesce(alerts.c.resolved_at, moment),
-        "updated_at": moment,
-    }
-    if note is not None:
-        values["resolution"] = note
-    with store.begin() as connection:
-        return int(
-            connection.execute(
-                update(alerts).where(_resolve_reference(reference)).values(**values)
-            ).rowcount
-        )
+    return resolve_alerts(store, reference, _utc(now or datetime.now(UTC)), note)
 
 
 def list_alerts(
@@ -225,17 +204,7 @@ def list_alerts(
     Returns:
         One row per alert with every column of the ``alerts`` table.
     """
-    alerts = schema.alerts
-    query = select(alerts).order_by(alerts.c.created_at.desc(), alerts.c.alert_id)
-    if status:
-        query = query.where(alerts.c.status == status)
-    if priority:
-        query = query.where(alerts.c.priority == priority)
-    if limit:
-        query = query.limit(limit)
-    with store.engine.connect() as connection:
-        rows = [dict(row._mapping) for row in connection.execute(query)]
-    return pd.DataFrame(rows, columns=[column.name for column in alerts.columns])
+    return query_alerts(store, status, priority, limit)
 
 
 _RESPONSE_COLUMNS = [
@@ -263,17 +232,7 @@ def response_times(store: Store) -> pd.DataFrame:
         ``median_hours_to_ack``, ``median_hours_to_resolve``, ``p90_hours_to_resolve`` and
         ``resolved_within_sla`` (share of resolved alerts resolved by their respond-by time).
     """
-    alerts = schema.alerts
-    query = select(
-        alerts.c.recipients,
-        alerts.c.priority,
-        alerts.c.created_at,
-        alerts.c.acked_at,
-        alerts.c.resolved_at,
-        alerts.c.respond_by,
-    )
-    with store.engine.connect() as connection:
-        frame = pd.DataFrame([dict(row._mapping) for row in connection.execute(query)])
+    frame = alert_timings(store)
     if frame.empty:
         return pd.DataFrame(columns=_RESPONSE_COLUMNS)
     frame = frame.explode("recipients").rename(columns={"recipients": "lead"})

@@ -12,12 +12,23 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy import Table, func, select
 
 from pipelines.analysis.topics import TrendSettings
 from pipelines.analysis.trends import daily_negative_counts, detect_spikes, negative_events
 from pipelines.delivery.alerts import response_times
-from pipelines.storage import Store, schema
+from pipelines.storage import (
+    Store,
+    alert_states,
+    flagged_results,
+    latest_created_before,
+    period_records,
+    record_aspects,
+    record_sentiments,
+    record_topic_assignments,
+    sent_alerts_of_records,
+    stored_topics,
+    topic_label_map,
+)
 
 __all__ = [
     "HISTORY_DAYS",
@@ -154,21 +165,11 @@ def default_report_date(store: Store, timezone: str, now: datetime | None = None
     zone = ZoneInfo(timezone)
     yesterday = (now or datetime.now(UTC)).astimezone(zone).date() - timedelta(days=1)
     _, end = _utc_bounds(yesterday, yesterday, zone)
-    table = schema.feedback
-    with store.engine.connect() as connection:
-        latest = connection.execute(
-            select(func.max(table.c.created_at)).where(table.c.created_at < end)
-        ).scalar_one_or_none()
+    latest = latest_created_before(store, end)
     if latest is None:
         return yesterday
     moment = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
     return min(yesterday, moment.astimezone(zone).date())
-
-
-def _frame(store: Store, query: Any) -> pd.DataFrame:
-    with store.engine.connect() as connection:
-        result = connection.execute(query)
-        return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
 def _latest_version(frame: pd.DataFrame, version_column: str, keys: list[str]) -> pd.DataFrame:
@@ -192,16 +193,7 @@ def _polarity(label: Any) -> str | None:
 
 
 def _load_records(store: Store, start: datetime, end: datetime, zone: ZoneInfo) -> pd.DataFrame:
-    table = schema.feedback
-    query = select(
-        table.c.id,
-        table.c.source,
-        table.c.channel,
-        table.c.lang,
-        table.c.created_at,
-        table.c.text,
-    ).where(table.c.created_at >= start, table.c.created_at < end, table.c.duplicate_of.is_(None))
-    records = _frame(store, query)
+    records = period_records(store, start, end)
     if records.empty:
         return records.assign(day=pd.Series(dtype=object), sentiment=pd.Series(dtype=object))
     created = pd.to_datetime(records["created_at"], utc=True)
@@ -214,10 +206,7 @@ def _load_records(store: Store, start: datetime, end: datetime, zone: ZoneInfo) 
 def _attach_sentiment(
     store: Store, records: pd.DataFrame, versions: dict[str, list[str]]
 ) -> pd.DataFrame:
-    table = schema.sentiment
-    ids = records["id"].tolist()
-    query = select(table.c.record_id, table.c.model_version, table.c.label, table.c.created_at)
-    rows = _frame(store, query.where(table.c.record_id.in_(ids))) if ids else pd.DataFrame()
+    rows = record_sentiments(store, records["id"].tolist())
     if rows.empty:
         return records.assign(sentiment=None)
     rows = _latest_version(rows, "model_version", ["record_id"])
@@ -257,17 +246,7 @@ def _breakdown(
 def _aspect_mentions(
     store: Store, records: pd.DataFrame, versions: dict[str, list[str]]
 ) -> pd.DataFrame:
-    table: Table = schema.aspects
-    ids = records["id"].tolist()
-    query = select(
-        table.c.record_id,
-        table.c.aspect,
-        table.c.model_version,
-        table.c.polarity,
-        table.c.score,
-        table.c.created_at,
-    )
-    rows = _frame(store, query.where(table.c.record_id.in_(ids))) if ids else pd.DataFrame()
+    rows = record_aspects(store, records["id"].tolist())
     if rows.empty:
         return pd.DataFrame()
     rows = _latest_version(rows, "model_version", ["record_id"])
@@ -282,17 +261,13 @@ def _aspect_mentions(
 def _topic_assignments(
     store: Store, records: pd.DataFrame, versions: dict[str, list[str]]
 ) -> pd.DataFrame:
-    table = schema.record_topics
-    ids = records["id"].tolist()
-    query = select(table.c.record_id, table.c.model_version, table.c.topic_id, table.c.created_at)
-    rows = _frame(store, query.where(table.c.record_id.in_(ids))) if ids else pd.DataFrame()
+    rows = record_topic_assignments(store, records["id"].tolist())
     if rows.empty:
         return pd.DataFrame()
     rows = _latest_version(rows, "model_version", ["record_id"])
     rows = rows[rows["topic_id"] >= 0]
     versions["topics"] = sorted(rows["model_version"].unique().tolist())
-    topics = _frame(store, select(schema.topics))
-    human = _frame(store, select(schema.topic_labels.c.topic_id, schema.topic_labels.c.label))
+    topics = stored_topics(store)
     names: dict[int, str] = {}
     keywords: dict[int, str] = {}
     if not topics.empty:
@@ -300,8 +275,7 @@ def _topic_assignments(
         for topic in newest.to_dict(orient="records"):
             names[int(topic["topic_id"])] = topic["auto_label"]
             keywords[int(topic["topic_id"])] = ", ".join(_keywords(topic["keywords"]))
-    for item in human.to_dict(orient="records"):
-        names[int(item["topic_id"])] = item["label"]
+    names.update(topic_label_map(store))
     rows["topic"] = [names.get(int(i), f"topic {int(i)}") for i in rows["topic_id"]]
     rows["keywords"] = [keywords.get(int(i), "") for i in rows["topic_id"]]
     return rows.drop(columns="created_at").merge(records, left_on="record_id", right_on="id")
@@ -385,28 +359,13 @@ def _priority_items(
     if records.empty:
         return pd.DataFrame(columns=columns)
     week = records[(records["day"] <= day) & (records["day"] > day - timedelta(days=7))]
-    flags = schema.flags
-    ids = week["id"].tolist()
-    query = select(
-        flags.c.record_id,
-        flags.c.rules_version,
-        flags.c.priority,
-        flags.c.reasons,
-        flags.c.created_at,
-    ).where(flags.c.record_id.in_(ids), flags.c.flagged.is_(True))
-    rows = _frame(store, query) if ids else pd.DataFrame()
+    rows = flagged_results(store, week["id"].tolist())
     if rows.empty:
         return pd.DataFrame(columns=columns)
     rows = _latest_version(rows, "rules_version", ["record_id"])
     versions["flagging"] = sorted(rows["rules_version"].unique().tolist())
     rows = rows[rows["priority"].isin(["P1", "P2"])]
-    alerts = schema.alerts
-    alert_rows = _frame(
-        store,
-        select(alerts.c.record_id, alerts.c.status, alerts.c.acked_at, alerts.c.resolved_at).where(
-            alerts.c.record_id.in_(rows["record_id"].tolist())
-        ),
-    )
+    alert_rows = alert_states(store, rows["record_id"].tolist())
     status = {
         row["record_id"]: (
             "resolved"
@@ -440,12 +399,8 @@ def _alerts_by_lead(store: Store, records: pd.DataFrame, day: date) -> pd.DataFr
     times = response_times(store)
     if times.empty:
         return times
-    alerts = schema.alerts
     ids = records.loc[records["day"] == day, "id"].tolist() if not records.empty else []
-    query = select(alerts.c.recipients, alerts.c.priority).where(
-        alerts.c.record_id.in_(ids), alerts.c.status == "sent"
-    )
-    sent = _frame(store, query) if ids else pd.DataFrame()
+    sent = sent_alerts_of_records(store, ids)
     if sent.empty:
         times["sent_today"] = 0
     else:
