@@ -132,6 +132,16 @@ def build_stack(
             "negative_threshold": negative_threshold,
             "negative_recall_target": negative_recall,
             "chosen_on": "dev splits of the training sets",
+            "datasets": [
+                {
+                    "name": split.info.name,
+                    "lang": str(split.frame["lang"].mode().iloc[0]),
+                    "train_rows": len(split.frame),
+                    "binary": not split.has_neutral,
+                    "licence": split.info.licence,
+                }
+                for split in train
+            ],
         },
     )
     stack = StackedSentiment(head, ngram, stack_metadata)
@@ -174,7 +184,8 @@ def stack_card_sections(stack: StackedSentiment, report: EvaluationReport, lodo:
         f"- **Version:** `{meta.version}` (stored with every prediction as `model_version`); "
         f"e5 head `{meta.head_version}`, n-gram models `{meta.ngram_version}`.",
         "- **N-gram models:** per language, hashed character n-grams 1-5 (within word "
-        "boundaries, 2^18 buckets) plus word uni/bigrams (2^17 buckets), L2-normalised; a "
+        f"boundaries, {stack.ngram.metadata.char_features} buckets) plus word uni/bigrams "
+        f"({stack.ngram.metadata.word_features} buckets), L2-normalised; a "
         "polarity logistic regression (negative vs positive, every non-neutral row) and a "
         "neutral one (neutral vs not, only sets that label neutral). No vocabulary is stored.",
         "- **Blend:** per language `softmax(((1 - a) log p_e5 + a log p_ngram) / T + b)`; `a` "
@@ -199,6 +210,19 @@ def stack_card_sections(stack: StackedSentiment, report: EvaluationReport, lodo:
             f"| {lang} | {blend['ngram_weight']:.2f} | {blend['temperature']:.2f} | {bias} | "
             f"{report.languages[lang].macro_f1:.3f} | {point['flag_threshold']:.2f} | "
             f"{point['negative_recall']:.3f} | {point['negative_precision']:.3f} |"
+        )
+    lines += [
+        "",
+        "N-gram training data (train splits; the e5 head's sets are listed above):",
+        "",
+        "| set | lang | train rows | labels | licence (as stated in SOURCE.md) |",
+        "|---|---|---:|---|---|",
+    ]
+    for entry in meta.training.get("datasets", []):
+        labels = "neg/pos" if entry["binary"] else "neg/neu/pos"
+        lines.append(
+            f"| {entry['name']} | {entry['lang']} | {entry['train_rows']} | {labels} | "
+            f"{entry['licence']} |"
         )
     lines += [
         "",
