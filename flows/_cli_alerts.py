@@ -15,11 +15,12 @@ from flows._cli_options import ConfigOption, DbOption
 from pipelines.analysis.flagging import PRIORITIES
 from pipelines.delivery.alerts import (
     ALERT_STATUSES,
-    ack_alert,
+    acknowledge,
+    cli_actor,
     delivery_backlog,
     describe_reply,
     list_alerts,
-    resolve_alert,
+    resolve,
     retry_failed,
 )
 from pipelines.settings import load_settings
@@ -101,7 +102,7 @@ def ack_command(
 ) -> None:
     """Acknowledge an alert: someone is on it."""
     with _open_store(db, config) as store:
-        matched = ack_alert(store, alert)
+        matched = len(acknowledge(store, alert, cli_actor()))
     if not matched:
         console.print(f"[red]No alert with id {alert!r}; see `feedback alerts list`.[/red]")
         raise typer.Exit(code=1)
@@ -117,7 +118,7 @@ def resolve_command(
 ) -> None:
     """Resolve an alert (records the resolution time for response-time reports)."""
     with _open_store(db, config) as store:
-        matched = resolve_alert(store, alert, note=note)
+        matched = len(resolve(store, alert, cli_actor(), note=note))
     if not matched:
         console.print(f"[red]No alert with id {alert!r}; see `feedback alerts list`.[/red]")
         raise typer.Exit(code=1)

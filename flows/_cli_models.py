@@ -138,8 +138,28 @@ def train_sentiment_command(
         Path | None,
         typer.Option("--datasets", help="Folder of labelled sets (default ../shared/datasets)."),
     ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Also train on this store's labels; register the result as a candidate "
+            "instead of writing the committed head.",
+        ),
+    ] = None,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="With --db: promote the candidate if the gate passes."),
+    ] = False,
 ) -> None:
-    """Train the sentiment head; writes the head and the model card."""
+    """Train the sentiment head; writes the head and the model card (with --db: registers a
+    candidate trained on the shared sets plus the store's labels)."""
+    if db is not None:
+        from flows._cli_registry import train_from_store
+
+        train_from_store(config, datasets_dir, db, promote)
+        return
+    if promote:
+        raise typer.BadParameter("--promote needs --db", param_hint="--promote")
     from models.encoder import Encoder
     from models.evaluate import print_report
     from models.sentiment import FeatureCache

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows._cli_options import ConfigOption, DbOption, flow_db_parameter
+from pipelines._errors import WebError
 from pipelines.settings import load_settings
 from pipelines.storage import Store, resolve_db_url
 
@@ -98,15 +99,32 @@ def serve(
     port: Annotated[
         int, typer.Option("--port", help="Port of the local Prefect server (if one is started).")
     ] = 4200,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web/--no-web", help="Also serve the triage web page (needs FEEDBACK_WEB_SECRET)."
+        ),
+    ] = True,
+    web_port: Annotated[int, typer.Option("--web-port", help="Port of the triage page.")] = 8700,
 ) -> None:
-    """Serve the nightly (cron), watch (interval) and rerun (on demand) deployments.
+    """Serve the nightly (cron), watch (interval) and rerun (on demand) deployments, and the
+    triage web page (``--no-web`` to leave it out).
 
     Starts a local Prefect server (UI on http://127.0.0.1:PORT) unless PREFECT_API_URL is set.
     Stop with Ctrl-C.
     """
+    from flows._cli_web import start_web
     from flows.deployments import serve_locally
 
     timezone = load_settings(config).timezone
+    if web:
+        try:
+            start_web("127.0.0.1", web_port, str(config) if config else None, db, background=True)
+        except WebError as exc:
+            reason = str(exc).split("] ", 1)[-1]
+            raise WebError(
+                f"{reason}; or leave the page out: feedback serve --no-web", code=exc.code
+            ) from None
     console.print(
         f"Serving nightly ('{cron}', {timezone}), watch (every {watch_interval:g} s) and rerun "
         "(on demand). Ctrl-C stops."

@@ -59,6 +59,9 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "flows._cli_ops",
     "flows._cli_topics",
     "flows._cli_unlock",
+    "flows._cli_web",
+    "flows._cli_labels",
+    "flows._cli_registry",
 )
 
 

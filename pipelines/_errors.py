@@ -12,10 +12,14 @@ __all__ = [
     "DeliveryWarning",
     "FeedbackError",
     "LabelError",
+    "LabelFileError",
     "ModelError",
+    "ModelVersionError",
     "PrivacyError",
+    "PromotionRefused",
     "SourceError",
     "StoreError",
+    "WebError",
 ]
 
 
@@ -96,3 +100,27 @@ class LabelError(FeedbackError):
     """A label names an unknown record, sentiment, aspect or polarity; nothing was written."""
 
     code = "E090"
+
+
+class WebError(FeedbackError):
+    """The triage web page cannot start or refused a request (secret, link, session, CSRF)."""
+
+    code = "E070"
+
+
+class LabelFileError(LabelError):
+    """A label file cannot be read, or one of its rows is malformed; nothing was written."""
+
+    code = "E091"
+
+
+class ModelVersionError(FeedbackError):
+    """A model version is not in the store, or there is nothing to promote or roll back."""
+
+    code = "E092"
+
+
+class PromotionRefused(FeedbackError):
+    """A candidate model failed the promotion gate; the model in use stays."""
+
+    code = "E093"

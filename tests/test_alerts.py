@@ -223,9 +223,11 @@ def test_p2_p3_are_grouped_in_one_digest_per_lead(
     subjects = {message["Subject"]: message for message in smtp.inbox.messages}
     digest = subjects["[Digest] 2 flagged feedback record(s) (1 P2, 1 P3)"]
     assert digest["To"] == "lead@example.com"
-    text, _ = parts(digest)
-    assert text.index("Record id: a1") < text.index("Record id: a2")
-    assert "a4" not in text
+    text, html = parts(digest)
+    assert "Priority | Respond by | Language | Aspect | Customer id | Feedback | Link" in text
+    assert text.index("Order a1 arrived") < text.index("Order a2 arrived")
+    assert "Order a4" not in text
+    assert html.count("<tr>") == 3, "one header row and one compact row per record"
     persian_digest = subjects["[Digest] 1 flagged feedback record(s) (1 P3)"]
     assert persian_digest["To"] == "fa-lead@example.com"
     assert sum(subject.startswith("[P1]") for subject in subjects) == 1

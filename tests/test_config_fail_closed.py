@@ -33,6 +33,7 @@ from pipelines.delivery.routing import load_routing
 from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
 from pipelines.storage import DB_URL_ENV, Store, schema
+from pipelines.web import load_users
 
 CANARY = "Canary7Secret"
 SOURCES = """\
@@ -279,6 +280,7 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "sentiment.yaml": load_sentiment_config,
     "aspects.yaml": load_aspect_config,
     "training.yaml": lambda folder: load_training_config(folder / "training.yaml"),
+    "users.yaml": load_users,
 }
 # Maps whose keys are data, not settings: label/example languages and data-set categories (any
 # key is used as written), and churn patterns per language (every language's patterns run on

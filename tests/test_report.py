@@ -40,7 +40,7 @@ from pipelines.delivery.report import (
 )
 from pipelines.delivery.report._charts import NEGATIVE, POSITIVE
 from pipelines.settings import PipelineSettings
-from pipelines.storage import Store, schema
+from pipelines.storage import Store, promote_model, register_model, schema
 
 DAY = date(2026, 11, 10)
 ZONE = "Europe/Istanbul"
@@ -272,6 +272,29 @@ def test_report_figures_per_dimension_trend_and_sections(populated: Store) -> No
     markdown = report_markdown(report)
     assert "## By channel" in markdown and "Late deliveries" in markdown
     assert [row["priority"] for row in priority_rows(report)] == ["P1", "P2"]
+
+
+def test_report_notes_a_sentiment_model_promoted_in_its_period(populated: Store) -> None:
+    # Promoted before the report's 28 days of history, then on the day itself.
+    for version, promoted in (
+        ("custom-old", _at(DAY - timedelta(days=40), 9)),
+        ("custom-new", _at(DAY, 9)),
+    ):
+        register_model(
+            populated,
+            version=version,
+            kind="sentiment",
+            head_metadata={},
+            weights=b"",
+            metrics={},
+            parent_version=None,
+        )
+        promote_model(populated, version, at=promoted)
+    report = build_report(populated, DAY, ZONE)
+    [note] = report.notes
+    assert note.startswith("The sentiment model changed on 2026-11-10: custom-new was promoted")
+    assert "feedback rerun --reanalyze" in note
+    assert "model changed on 2026-11-10: custom-new" in render_html(report)
 
 
 def test_empty_database_gives_a_report_that_says_no_data(store: Store) -> None:

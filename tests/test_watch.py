@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
@@ -63,6 +64,14 @@ def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
         yield received
 
 
+# Posts of the last hours: feedback older than max_alert_age_days when stored goes to the digest.
+_RECENT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+def _posted(minutes: int) -> str:
+    return (_RECENT + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+
+
 def post(post_id: str, created_at: str, text: str, followers: int) -> dict[str, Any]:
     """One line of the social JSONL file."""
     return {
@@ -78,26 +87,26 @@ def post(post_id: str, created_at: str, text: str, followers: int) -> dict[str, 
 
 INFLUENCER_CHURN = post(
     "1001",
-    "2026-11-03T10:00:00Z",
+    _posted(0),
     "Third order in a row that arrived broken and nobody answers the phone. "
     "I am cancelling my subscription and switching to Acme.",
     followers=120_000,
 )
 SMALL_ACCOUNT_COMPLAINT = post(
     "1002",
-    "2026-11-03T10:05:00Z",
+    _posted(5),
     "The refund never came and nobody answers my emails. Not happy at all.",
     followers=40,
 )
 HAPPY = post(
     "1003",
-    "2026-11-03T10:10:00Z",
+    _posted(10),
     "Lovely coffee and friendly staff at the new store this morning, thank you!",
     followers=90,
 )
 TURKISH_INFLUENCER_CHURN = post(
     "1004",
-    "2026-11-03T11:00:00Z",
+    _posted(60),
     "Siparişim iki haftadır gelmedi, müşteri hizmetleri de hiç cevap vermiyor. "
     "Aboneliğimi iptal ediyorum, bir daha sizden alışveriş yapmam.",
     followers=54_000,
@@ -264,4 +273,6 @@ def test_nightly_mails_the_digests_the_watch_left_pending(
     summary = nightly(config_dir=str(social_config))
     assert sum(counts.stored for counts in summary.sources) == 0
     assert [message["X-Feedback-Priority"] for message in inbox.messages] == ["P1", None]
-    assert SMALL_ACCOUNT_COMPLAINT["url"] in inbox.messages[1].as_string()
+    digest = inbox.messages[1].get_body(preferencelist=("plain",))
+    assert digest is not None
+    assert "The refund never came and nobody answers my emails" in digest.get_content()

@@ -1,6 +1,7 @@
 """Reading the labelled sentiment sets (``data.jsonl`` in the ../shared/datasets format).
 
-Each line is ``{id, text, label (neg|neu|pos), split, lang, ...}``; a set's folder may hold a
+Each line is ``{id, text, label (neg|neu|pos), split, lang, ...}``, optionally with ``weight``
+(a positive loss multiplier, default 1: labels from the store use it); a set's folder may hold a
 ``SOURCE.md`` whose ``**Licence (as stated):**`` line names its licence.
 """
 
@@ -82,7 +83,7 @@ class DatasetSplit:
         info: Which set.
         split: ``train`` or ``dev`` (or any split name in the file).
         frame: Columns ``id``, ``text`` (analysis text), ``label`` (0/1/2 for
-            negative/neutral/positive), ``lang``.
+            negative/neutral/positive), ``lang``, ``weight`` (loss multiplier, default 1).
         bad_lines: ``(line number, reason)`` of lines that could not be used.
     """
 
@@ -174,14 +175,20 @@ def read_split(info: DatasetInfo, split: str) -> DatasetSplit:
             if not prepared:
                 bad_lines.append((number, "empty text"))
                 continue
+            weight = row.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+                bad_lines.append((number, "weight is not a positive number"))
+                continue
             rows.append(
                 {
                     "id": str(row.get("id", number)),
                     "text": prepared,
                     "label": label,
                     "lang": str(row.get("lang") or "other"),
+                    "weight": float(weight),
                 }
             )
-    frame = pd.DataFrame(rows, columns=["id", "text", "label", "lang"])
+    frame = pd.DataFrame(rows, columns=["id", "text", "label", "lang", "weight"])
     frame["label"] = frame["label"].astype("int64")
+    frame["weight"] = frame["weight"].astype("float64")
     return DatasetSplit(info, split, frame, bad_lines)

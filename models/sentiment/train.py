@@ -208,6 +208,9 @@ def row_weights(features: _Features, balance_classes: bool, balance_languages: b
         balance_classes: Give every class of a set the same total weight within that set.
         balance_languages: Give every language the same total weight.
 
+    Rows' own ``weight`` (see ``read_split``) multiplies theirs after class balancing, before
+    language balancing.
+
     Returns:
         ``(N,)`` float32 weights.
     """
@@ -220,6 +223,10 @@ def row_weights(features: _Features, balance_classes: bool, balance_languages: b
                 weights[members & (features.labels == label)] = members.sum() / (
                     len(classes) * count
                 )
+    # Rows' own weights (store labels: people's weigh more, star ratings less), within a language.
+    for index, split in enumerate(features.splits):
+        if "weight" in split.frame:
+            weights[features.dataset_index == index] *= split.frame["weight"].to_numpy()
     if balance_languages:
         languages = np.unique(features.langs)
         for lang in languages:

@@ -3,8 +3,9 @@
 The model behind it is a pluggable :class:`SentimentBackend` chosen in ``configs/sentiment.yaml``:
 
 * ``e5_head`` (default): our multilingual-e5-small encoder plus the small trained head in
-  ``models/heads/``; document embeddings are cached in the store's ``embeddings`` table and
-  handed to later stages in the ``embedding`` column.
+  ``models/heads/``, or the head promoted in the store's model registry when there is one
+  (``feedback train sentiment --db``, ``feedback models``); document embeddings are cached in the
+  store's ``embeddings`` table and handed to later stages in the ``embedding`` column.
 * ``hf_sequence_classification``: any local Hugging Face sequence-classification folder, with
   the mapping of its labels to ours in the config; loaded with ``local_files_only=True``.
 
@@ -75,6 +76,11 @@ class E5HeadSettings(BaseModel):
     encoder_path: Path | None = Field(None, description="None: the converted default encoder")
     encoder_dtype: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     batch_size: int = Field(64, ge=1)
+
+    @property
+    def head_path(self) -> Path:
+        """The committed head's path, resolved against the repository root."""
+        return _repo_path(self.head)
 
 
 class HFSettings(BaseModel):
@@ -230,6 +236,38 @@ class E5HeadBackend(SentimentBackend):
         self.head = head
         self.batch_size = batch_size
         self.stack = stack
+        self.committed_head = head
+        self.committed_stack = stack
+
+    def use_store_model(self, store: Store) -> None:
+        """Use the head promoted in ``store`` (``feedback models``), else the committed one.
+
+        The committed stack blends only with the committed head: a promoted head runs alone.
+
+        Args:
+            store: The database whose registry to read.
+
+        Raises:
+            ModelError: The promoted head was trained on another encoder version.
+        """
+        from models.sentiment.store_models import MODEL_KIND, head_from_artifact
+        from pipelines.storage import model_artifact, promoted_model
+
+        promoted = promoted_model(store, MODEL_KIND)
+        if promoted is None:
+            self.head = self.committed_head
+            self.stack = self.committed_stack
+        elif promoted.version != self.head.version:
+            head = head_from_artifact(model_artifact(store, promoted.version))
+            if head.metadata.encoder_version != self.encoder.version:
+                raise ModelError(
+                    f"promoted sentiment model {head.version} was trained on encoder "
+                    f"{head.metadata.encoder_version}, but the encoder is {self.encoder.version}; "
+                    "run `feedback models rollback` or train a new one with "
+                    "`feedback train sentiment --db`"
+                )
+            self.head = head
+            self.stack = None
 
     @classmethod
     def from_settings(cls, settings: E5HeadSettings) -> E5HeadBackend:
@@ -243,7 +281,7 @@ class E5HeadBackend(SentimentBackend):
         """
         from models.sentiment import SentimentHead, StackedSentiment
 
-        head = SentimentHead.load(_repo_path(settings.head))
+        head = SentimentHead.load(settings.head_path)
         stack = StackedSentiment.load(_repo_path(settings.stack)) if settings.stack else None
         encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype)
         return cls(encoder, head, settings.batch_size, stack)
@@ -458,6 +496,18 @@ class SentimentStage(Stage):
         """The backend's model version."""
         return self.backend.version
 
+    def prepare(self, context: StageContext) -> None:
+        """Take the sentiment head promoted in the run's store, if any (before cache keys).
+
+        Args:
+            context: Its store holds the model registry.
+        """
+        self._use_store_model(context)
+
+    def _use_store_model(self, context: StageContext) -> None:
+        if isinstance(self.backend, E5HeadBackend):
+            self.backend.use_store_model(context.store)
+
     def run(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
         """Add the sentiment columns (see the module docstring).
 
@@ -469,6 +519,7 @@ class SentimentStage(Stage):
         Returns:
             The batch with the sentiment columns.
         """
+        self._use_store_model(context)
         result = batch.copy()
         texts = ["" if pd.isna(text) else str(text) for text in result["text"]]
         langs = (

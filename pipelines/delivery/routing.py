@@ -14,7 +14,8 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,7 +25,17 @@ from pipelines.config import config_path, load_yaml_model
 from pipelines.ingest.language import DEFAULT_LANGUAGES, OTHER
 from pipelines.records import Channel
 
-__all__ = ["DeliverySettings", "Route", "RouteMatch", "RoutingConfig", "load_routing"]
+__all__ = [
+    "MAIL_LANGUAGES",
+    "DeliverySettings",
+    "Route",
+    "RouteMatch",
+    "RoutingConfig",
+    "load_routing",
+]
+
+MAIL_LANGUAGES: tuple[str, ...] = ("en", "tr", "ro", "fa")
+"""Languages of the alert mail frame (labels, headings); ``lang`` of a route."""
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 _DEFAULT_ROUTE_HINT = (
@@ -100,6 +111,19 @@ class Route(BaseModel):
     sla_hours: dict[Priority, float] = Field(
         default_factory=dict, description="hours to respond per priority; missing ones default"
     )
+    lang: Literal["en", "tr", "ro", "fa"] = Field(
+        default="en", description="language of the alert mails' frame (fa: right-to-left)"
+    )
+    timezone: str = Field(default="UTC", description="IANA zone of the times in the mails")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown timezone; use an IANA name such as Europe/Istanbul") from exc
+        return value
 
     @field_validator("to")
     @classmethod
@@ -156,6 +180,11 @@ class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_sla_hours: dict[Priority, float]
+    max_alert_age_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="feedback older than this when stored goes to the digest, never a P1 mail",
+    )
     routes: list[Route] = Field(min_length=1)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
@@ -196,6 +225,10 @@ class RoutingConfig(BaseModel):
         """
         candidates = [route for route in self.routes if route.match.matches(record)]
         return max(candidates, key=lambda route: route.match.specificity)
+
+    def leads(self) -> list[str]:
+        """Every address some route mails, sorted."""
+        return sorted({address for route in self.routes for address in route.to})
 
 
 def _check_known_values(routing: RoutingConfig, file: Path, aspects: list[str]) -> None:

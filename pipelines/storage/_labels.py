@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
 from pipelines._errors import LabelError
 from pipelines.storage import schema
@@ -22,9 +22,13 @@ from pipelines.storage._store import Store
 __all__ = [
     "LABEL_KINDS",
     "POLARITIES",
+    "RATING_LABEL_MIN_CHARS",
     "Label",
+    "labelled_texts",
     "latest_labels",
+    "rating_sentiment",
     "record_labels",
+    "record_rating_labels",
     "resolve_external_ids",
 ]
 
@@ -207,3 +211,87 @@ def latest_labels(store: Store, kinds: Sequence[str] = LABEL_KINDS) -> pd.DataFr
     frame = frame.sort_values(["record_id", "_rank", "created_at"], ascending=[True, True, False])
     latest = frame.drop_duplicates("record_id").drop(columns=["_rank", "label_id", "note"])
     return latest.reset_index(drop=True)
+
+
+RATING_LABEL_MIN_CHARS = 20
+"""Shortest analysis text (characters) whose star rating becomes a weak label: below it a
+review is mostly the rating restated ("ok", "super!") and teaches the model little."""
+
+
+def rating_sentiment(stars: object) -> str | None:
+    """The weak sentiment label of a 1-5 star rating.
+
+    Args:
+        stars: The rating.
+
+    Returns:
+        negative (1-2), neutral (3), positive (4-5), or None for anything else.
+    """
+    if isinstance(stars, bool) or not isinstance(stars, int | float) or stars != int(stars):
+        return None
+    return {1: "negative", 2: "negative", 3: "neutral", 4: "positive", 5: "positive"}.get(
+        int(stars)
+    )
+
+
+def record_rating_labels(
+    store: Store, min_chars: int = RATING_LABEL_MIN_CHARS, at: datetime | None = None
+) -> int:
+    """Add a weak ``rating`` label to every rated record that has none yet.
+
+    Copy-paste duplicates and texts shorter than ``min_chars`` are left out. NPS scores are
+    not turned into labels: they rate the company, not what the text says.
+
+    Args:
+        store: The database.
+        min_chars: Shortest analysis text that gets a label.
+        at: Time of labelling (default now).
+
+    Returns:
+        Labels added.
+    """
+    feedback, labels = schema.feedback, schema.labels
+    query = select(feedback.c.id, feedback.c.rating).where(
+        feedback.c.rating.is_not(None),
+        feedback.c.duplicate_of.is_(None),
+        func.length(feedback.c.text) >= min_chars,
+        ~exists().where(labels.c.record_id == feedback.c.id, labels.c.kind == "rating"),
+    )
+    with store.engine.connect() as connection:
+        rated = connection.execute(query).all()
+    weak = [
+        Label(row.id, sentiment=sentiment, kind="rating", labelled_by="stars")
+        for row in rated
+        if (sentiment := rating_sentiment(row.rating)) is not None
+    ]
+    return record_labels(store, weak, at=at) if weak else 0
+
+
+def labelled_texts(store: Store, kinds: Sequence[str] = LABEL_KINDS) -> pd.DataFrame:
+    """The records whose label that counts gives a sentiment, with their analysis text.
+
+    Args:
+        store: The database.
+        kinds: Label kinds to consider (see ``latest_labels``).
+
+    Returns:
+        One row per record: record_id, text, lang, sentiment, kind.
+    """
+    columns = ["record_id", "text", "lang", "sentiment", "kind"]
+    latest = latest_labels(store, kinds)
+    if latest.empty:
+        return pd.DataFrame(columns=columns)
+    latest = latest[latest["sentiment"].notna()]
+    ids = latest["record_id"].tolist()
+    texts: list[dict[str, object]] = []
+    table = schema.feedback
+    with store.engine.connect() as connection:
+        for start in range(0, len(ids), 1000):
+            query = select(table.c.id.label("record_id"), table.c.text, table.c.lang).where(
+                table.c.id.in_(ids[start : start + 1000])
+            )
+            texts.extend(dict(row) for row in connection.execute(query).mappings())
+    frame = latest[["record_id", "sentiment", "kind"]].merge(
+        pd.DataFrame(texts, columns=["record_id", "text", "lang"]), on="record_id"
+    )
+    return frame[columns].sort_values("record_id").reset_index(drop=True)

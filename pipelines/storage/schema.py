@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "JSONText",
+    "alert_assignments",
     "alert_deliveries",
     "alerts",
     "aspects",
@@ -36,7 +37,9 @@ __all__ = [
     "feedback",
     "flags",
     "labels",
+    "login_attempts",
     "metadata",
+    "model_versions",
     "quarantine",
     "record_topics",
     "run_locks",
@@ -47,6 +50,7 @@ __all__ = [
     "topic_labels",
     "topic_models",
     "topics",
+    "triage_events",
     "watermarks",
 ]
 
@@ -314,6 +318,53 @@ labels = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     comment="labels for training: the newest human label of a record wins over weak ones",
+)
+
+triage_events = Table(
+    "triage_events",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", Text, nullable=False, comment="lead address, or cli:<user>"),
+    Column("action", String(20), nullable=False, comment="signin, ack, assign, resolve, label..."),
+    Column("alert_id", String(16), index=True),
+    Column("record_id", String(32)),
+    Column("note", Text),
+    Column("detail", JSONText),
+    comment="audit log of every triage action (web page and CLI); an alert's history",
+)
+
+alert_assignments = Table(
+    "alert_assignments",
+    metadata,
+    Column("alert_id", String(16), primary_key=True),
+    Column("assignee", Text, nullable=False, comment="lead address the alert is assigned to"),
+    Column("assigned_by", Text, nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("attempt_id", String(32), primary_key=True),
+    Column("key", String(64), nullable=False, index=True, comment="keyed hash: address or client"),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    comment="sign-in link requests, for rate limiting (no address kept in clear)",
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(100), primary_key=True, comment="the head's version"),
+    Column("kind", String(20), nullable=False, index=True, comment="sentiment"),
+    Column("status", String(12), nullable=False, comment="candidate, promoted or retired"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("promoted_at", DateTime(timezone=True), comment="last promotion; kept when retired"),
+    Column("parent_version", String(100), comment="model in use when it was trained"),
+    Column("metrics", JSONText, nullable=False, comment="dev, held-back and gate figures"),
+    Column("head_metadata", JSONText, nullable=False, comment="the head's JSON metadata"),
+    Column("weights", LargeBinary, nullable=False, comment="head weights, safetensors bytes"),
+    comment="models trained from the store's labels; the promoted one is used for analysis",
 )
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.

@@ -4,7 +4,8 @@
 one delivery row per recipient; ``deliver_pending`` mails the due ones (P1 one per record, P2/P3
 one digest per lead) through a ``Mailer``, retrying refused recipients alone;
 ``delivery_backlog`` says what is not delivered yet; ``ack_alert``/``resolve_alert`` close the
-loop and ``response_times`` reports it.
+loop and ``response_times`` reports it; ``acknowledge``/``resolve``/``assign``/``correct_labels``
+are the audited triage actions the web page and the CLI share.
 """
 
 from pipelines.delivery.alerts._delivery import (
@@ -38,11 +39,21 @@ from pipelines.delivery.alerts._queue import (
     response_times,
 )
 from pipelines.delivery.alerts._stage import AlertStage
+from pipelines.delivery.alerts._triage import (
+    TRIAGE_STATUSES,
+    acknowledge,
+    assign,
+    cli_actor,
+    correct_labels,
+    resolve,
+    triage_status,
+)
 
 __all__ = [
     "ALERT_KINDS",
     "ALERT_STATUSES",
     "DEFAULT_SENDER",
+    "TRIAGE_STATUSES",
     "AlertStage",
     "DeliveryBacklog",
     "DeliveryPolicy",
@@ -52,9 +63,13 @@ __all__ = [
     "SmtpSettings",
     "SmtpTransport",
     "ack_alert",
+    "acknowledge",
     "alert_id",
+    "assign",
     "build_digest_message",
     "build_p1_message",
+    "cli_actor",
+    "correct_labels",
     "deliver_pending",
     "delivery_backlog",
     "describe_reply",
@@ -62,7 +77,9 @@ __all__ = [
     "header_safe",
     "list_alerts",
     "rearm_alerts",
+    "resolve",
     "resolve_alert",
     "response_times",
     "retry_failed",
+    "triage_status",
 ]

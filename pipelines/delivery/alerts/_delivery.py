@@ -9,7 +9,8 @@ conditional ``UPDATE ... WHERE status = 'pending' ... RETURNING`` taken with the
 locked, so concurrent delivery runs (nightly, watch, rerun; several processes on PostgreSQL)
 never mail the same recipient the same alert twice. A run that dies between sending and
 recording leaves the delivery ``sending``; after ``claim_timeout_s`` it is tried again (the
-receiver can de-duplicate on the stable ``Message-ID``).
+receiver can de-duplicate on the stable ``Message-ID``). The claims and outcomes are written by
+``pipelines.storage`` (``claim_deliveries``, ``settle_deliveries``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipelines.analysis.flagging import PRIORITIES
 from pipelines.delivery.alerts._ledger import _utc
 from pipelines.delivery.alerts._mailer import Mailer
 from pipelines.delivery.alerts._messages import build_digest_message, build_p1_message
+from pipelines.delivery.links import LinkSigner
 from pipelines.storage import (
     DeliveryOutcome,
     Store,
@@ -128,7 +130,8 @@ def _due(
 
 
 def _group(due: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """A P1 alert is one mail to its due recipients; other alerts one digest per recipient."""
+    """A P1 alert is one mail per due recipient (its links are bound to that lead); other
+    alerts one digest per recipient."""
     ordered = sorted(
         due,
         key=lambda item: (
@@ -142,7 +145,7 @@ def _group(due: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     digests: dict[str, list[dict[str, Any]]] = {}
     for item in ordered:
         if item["kind"] == "p1":
-            p1.setdefault(item["alert_id"], []).append(item)
+            p1.setdefault(f"{item['alert_id']}\x1f{item['recipient']}", []).append(item)
         else:
             digests.setdefault(item["recipient"], []).append(item)
     return list(p1.values()) + list(digests.values())
@@ -168,14 +171,17 @@ def _claim(
 
 
 def _message(
-    claimed: Sequence[Mapping[str, Any]], sender: str, moment: datetime
+    claimed: Sequence[Mapping[str, Any]],
+    sender: str,
+    moment: datetime,
+    links: LinkSigner | None,
 ) -> tuple[EmailMessage, list[str]]:
     """The mail of a claimed group and its envelope recipients."""
     recipients = list(dict.fromkeys(item["recipient"] for item in claimed))
     alerts = [{**item, "recipients": recipients} for item in claimed]
     if alerts[0]["kind"] == "p1":
-        return build_p1_message(alerts[0], sender, moment), recipients
-    return build_digest_message(alerts, sender, moment), recipients
+        return build_p1_message(alerts[0], sender, moment, links), recipients
+    return build_digest_message(alerts, sender, moment, links), recipients
 
 
 def _replies(error: BaseException, recipients: Sequence[str]) -> dict[str, Reply]:
@@ -258,8 +264,10 @@ def deliver_pending(
     now: datetime | None = None,
     policy: DeliveryPolicy | None = None,
     kinds: Collection[str] | None = None,
+    links: LinkSigner | None = None,
 ) -> DeliveryReport:
-    """Send every due delivery: P1 one mail per alert, P2/P3 one digest per recipient.
+    """Send every due delivery: P1 one mail per alert and recipient, P2/P3 one digest per
+    recipient.
 
     Safe to call as often as wanted, from several processes at once: a recipient gets an alert
     once unless it is re-armed. A recipient the server refuses is retried alone with backoff;
@@ -273,6 +281,8 @@ def deliver_pending(
         policy: Retry policy; ``DeliveryPolicy()`` when None.
         kinds: Only alerts of these kinds (``ALERT_KINDS``), e.g. ``["p1"]`` in the watch loop
             so digests wait for the nightly run; every kind when None.
+        links: Signs the triage page links of each mail (``LinkSigner.from_env()``); mails
+            carry no links when None.
 
     Returns:
         Counts of what was sent, what will be retried and what failed for good
@@ -301,7 +311,7 @@ def deliver_pending(
                     if not claimed:
                         continue
                     tried.update(item["alert_id"] for item in claimed)
-                    message, recipients = _message(claimed, mailer.sender, moment)
+                    message, recipients = _message(claimed, mailer.sender, moment, links)
                     message_id = str(message["Message-ID"])
                     try:
                         refused = send(message, recipients)

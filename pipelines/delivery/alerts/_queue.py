@@ -52,6 +52,8 @@ _PAYLOAD_COLUMNS = (
     "created_at",
     "rating",
     "nps",
+    "customer_value",
+    "ingested_at",
 )
 
 
@@ -90,6 +92,33 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _first_stored(record: dict[str, Any], moment: datetime) -> datetime:
+    """When the pipeline first stored the record (``ingested_at``); ``moment`` when unknown."""
+    value = record.get("ingested_at")
+    if _missing(value) or value is None:
+        return moment
+    return _utc(pd.Timestamp(value).to_pydatetime())
+
+
+def _age_at(record: dict[str, Any], moment: datetime) -> timedelta:
+    """How old the feedback was at ``moment`` (zero when its creation time is unknown)."""
+    value = record.get("created_at")
+    if _missing(value) or value is None:
+        return timedelta(0)
+    return moment - _utc(pd.Timestamp(value).to_pydatetime())
+
+
+def _negative_aspects(value: Any) -> list[str]:
+    items = value if isinstance(value, list | tuple) else []
+    return sorted(
+        {
+            str(item["aspect"])
+            for item in items
+            if isinstance(item, dict) and item.get("polarity") == "negative" and "aspect" in item
+        }
+    )
+
+
 def enqueue_alerts(
     flagged_batch: pd.DataFrame,
     store: Store,
@@ -109,25 +138,38 @@ def enqueue_alerts(
         store: The database.
         routing: Routing configuration choosing the leads and the SLA.
         resend: Re-arm alerts that were already sent or failed so they are mailed again.
-        now: Flag time (respond-by = now + SLA); the current time when None.
+        now: Flag time; the current time when None. Respond-by counts from when the pipeline
+            first stored the record (``ingested_at``; ``now`` when the batch lacks it), and a
+            record older than ``max_alert_age_days`` at that time goes to the digest, never an
+            immediate P1 mail.
 
     Returns:
         Number of alerts newly queued plus (with ``resend``) re-armed.
     """
     moment = _utc(now or datetime.now(UTC))
+    max_age = timedelta(days=routing.max_alert_age_days)
     rows = []
     for record in flagged_batch.to_dict(orient="records"):
         if _missing(record.get("flagged")) or not bool(record.get("flagged")):
             continue
         priority = record.get("priority") if record.get("priority") in PRIORITIES else "P3"
         route = routing.route({**record, "priority": priority})
-        kind = "p1" if priority == "P1" else "digest"
+        stored_at = _first_stored(record, moment)
+        stale = _age_at(record, stored_at) > max_age
+        kind = "p1" if priority == "P1" and not stale else "digest"
         record_id = str(record["id"])
         reasons = [] if _missing(record.get("reasons")) else [str(r) for r in record["reasons"]]
         payload = {name: _plain(record.get(name)) for name in _PAYLOAD_COLUMNS}
         if isinstance(payload["text"], str):
             payload["text"] = payload["text"][:_MAX_TEXT_CHARS]
-        payload.update(reasons=reasons, summary=summarize(priority, reasons))
+        payload.update(
+            reasons=reasons,
+            summary=summarize(priority, reasons),
+            aspects=_negative_aspects(record.get("aspects")),
+            stale=stale,
+            max_alert_age_days=routing.max_alert_age_days,
+            frame={"lang": route.lang, "timezone": route.timezone},
+        )
         sla_hours = route.sla_hours[priority]
         rows.append(
             {
@@ -142,7 +184,7 @@ def enqueue_alerts(
                 "generation": 0,
                 "payload": payload,
                 "sla_hours": sla_hours,
-                "respond_by": moment + timedelta(hours=sla_hours),
+                "respond_by": stored_at + timedelta(hours=sla_hours),
                 "created_at": moment,
                 "updated_at": moment,
             }

@@ -11,6 +11,7 @@ import pandas as pd
 from pipelines.delivery.alerts._delivery import DeliveryPolicy, DeliveryReport, deliver_pending
 from pipelines.delivery.alerts._mailer import Mailer
 from pipelines.delivery.alerts._queue import enqueue_alerts
+from pipelines.delivery.links import LinkSigner
 from pipelines.delivery.routing import RoutingConfig, load_routing
 from pipelines.settings import load_settings
 from pipelines.stages import Stage, StageContext
@@ -68,7 +69,8 @@ class AlertStage(Stage):
         return queued
 
     def deliver(self, context: StageContext) -> DeliveryReport:
-        """Deliver every due pending alert of the kinds in ``context.options["alert_kinds"]``.
+        """Deliver every due pending alert of the kinds in ``context.options["alert_kinds"]``,
+        with signed triage-page links when ``FEEDBACK_WEB_SECRET`` is set.
 
         Args:
             context: Store and options (``alert_kinds``: all kinds when absent).
@@ -81,5 +83,6 @@ class AlertStage(Stage):
             Mailer.from_env(self.outbox_dir),
             policy=DeliveryPolicy(**self.routing.delivery.model_dump()),
             kinds=context.options.get("alert_kinds"),
+            links=LinkSigner.from_env(),
         )
         return self.last_delivery

@@ -21,6 +21,7 @@ from pipelines.storage import (
     alert_states,
     flagged_results,
     latest_created_before,
+    list_models,
     period_records,
     record_aspects,
     record_sentiments,
@@ -410,6 +411,24 @@ def _alerts_by_lead(store: Store, records: pd.DataFrame, day: date) -> pd.DataFr
     return times
 
 
+def _model_changes(store: Store, start: datetime, end: datetime, zone: ZoneInfo) -> list[str]:
+    """A note per sentiment model promoted in ``[start, end)`` (``feedback models``)."""
+    notes = []
+    for model in sorted(list_models(store, "sentiment"), key=lambda m: m.promoted_at or end):
+        promoted = model.promoted_at
+        if promoted is None:
+            continue
+        promoted = promoted if promoted.tzinfo else promoted.replace(tzinfo=UTC)
+        if start <= promoted < end:
+            notes.append(
+                f"The sentiment model changed on {promoted.astimezone(zone):%Y-%m-%d}: "
+                f"{model.version} was promoted, trained with this company's labels (`feedback "
+                "models list`). Records analysed before then keep the earlier model's results "
+                "unless `feedback rerun --reanalyze` recomputed them."
+            )
+    return notes
+
+
 def build_report(
     store: Store, day: date, timezone: str, trend_settings: TrendSettings | None = None
 ) -> DailyReport:
@@ -436,6 +455,7 @@ def build_report(
             "No sentiment results in this period: net sentiment is not shown. Add `sentiment` "
             "to `stages` in pipeline.yaml, then `feedback rerun --since <first day>`."
         )
+    notes += _model_changes(store, start, end, zone)
     aspects = _aspect_mentions(store, records, versions) if not records.empty else pd.DataFrame()
     topics = _topic_assignments(store, records, versions) if not records.empty else pd.DataFrame()
 

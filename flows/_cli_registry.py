@@ -1,0 +1,199 @@
+"""``feedback models list|promote|rollback`` and training from the store's labels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows._cli_labels import open_store
+from flows._cli_options import ConfigOption, DbOption
+from pipelines._errors import PromotionRefused
+from pipelines.storage import Store
+
+if TYPE_CHECKING:
+    from models.sentiment.store_models import ModelScores
+
+__all__ = ["register", "train_from_store"]
+
+console = Console()
+err_console = Console(stderr=True)
+models_app = typer.Typer(
+    help="Sentiment models trained from the store's labels.", no_args_is_help=True
+)
+
+
+def _gate_failures(metrics: dict[str, object]) -> list[str]:
+    gate = metrics.get("gate")
+    return list(gate.get("reasons", [])) if isinstance(gate, dict) else ["no gate recorded"]
+
+
+def _committed_head_path() -> Path:
+    from pipelines.analysis.sentiment import load_sentiment_config
+
+    return load_sentiment_config().e5_head.head_path
+
+
+def train_from_store(
+    training_config: Path, datasets_dir: Path | None, db: str, promote: bool
+) -> None:
+    """Train a candidate on the shared sets plus the store's labels, register it and, with
+    ``promote``, promote it if the gate passes.
+
+    Args:
+        training_config: ``training.yaml``.
+        datasets_dir: The shared sets (None: the default).
+        db: The store.
+        promote: Promote the candidate when the gate passes.
+
+    Raises:
+        PromotionRefused: ``promote`` was asked and the gate failed (the candidate stays
+            registered).
+    """
+    from models.encoder import Encoder
+    from models.sentiment import SentimentHead
+    from models.sentiment.store_models import MODEL_KIND, head_artifact, head_from_artifact
+    from models.sentiment.store_training import train_candidate
+    from models.sentiment.train import load_training_config
+    from pipelines.storage import model_artifact, promote_model, promoted_model, register_model
+
+    settings = load_training_config(training_config)
+    encoder = Encoder.load(dtype=settings.encoder_dtype)
+    with Store(db) as store:
+        in_use = promoted_model(store, MODEL_KIND)
+        current = (
+            head_from_artifact(model_artifact(store, in_use.version))
+            if in_use is not None
+            else SentimentHead.load(_committed_head_path())
+        )
+        candidate = train_candidate(
+            store, settings, encoder, current, datasets_dir, err_console.print
+        )
+        weights, metadata = head_artifact(candidate.head)
+        register_model(
+            store,
+            version=candidate.head.version,
+            kind=MODEL_KIND,
+            head_metadata=metadata,
+            weights=weights,
+            metrics=candidate.metrics(),
+            parent_version=current.version,
+        )
+        _print_comparison(candidate.scores, candidate.current)
+        console.print(
+            f"registered {candidate.head.version} (store labels trained on: "
+            f"{candidate.trained_rows or 'none'}); gate "
+            + (
+                "passed"
+                if candidate.gate.passed
+                else "failed: " + "; ".join(candidate.gate.reasons)
+            )
+        )
+        if not promote:
+            return
+        if not candidate.gate.passed:
+            raise PromotionRefused(
+                f"{candidate.head.version} not promoted: {'; '.join(candidate.gate.reasons)}. "
+                f"{current.version} stays in use"
+            )
+        promote_model(store, candidate.head.version)
+    console.print(f"promoted {candidate.head.version} (was {current.version})")
+
+
+def _print_comparison(candidate: ModelScores, current: ModelScores) -> None:
+    table = Table(title="candidate vs model in use (macro-F1)")
+    for column in ("rows", current.version, candidate.version):
+        table.add_column(column)
+    for lang in sorted(current.languages):
+        after = candidate.languages.get(lang)
+        table.add_row(
+            f"{lang} dev",
+            f"{current.languages[lang]:.3f}",
+            "-" if after is None else f"{after:.3f}",
+        )
+    table.add_row(
+        f"held-back labels ({candidate.holdout_rows})",
+        "-" if current.holdout_macro_f1 is None else f"{current.holdout_macro_f1:.3f}",
+        "-" if candidate.holdout_macro_f1 is None else f"{candidate.holdout_macro_f1:.3f}",
+    )
+    console.print(table)
+
+
+@models_app.command("list")
+def list_command(db: DbOption = None, config: ConfigOption = None) -> None:
+    """List the registered sentiment models, newest first."""
+    from models.sentiment.store_models import MODEL_KIND
+    from pipelines.storage import list_models
+
+    with open_store(db, config) as store:
+        models = list_models(store, MODEL_KIND)
+    table = Table(title=f"Sentiment models ({len(models)}; none promoted: committed head)")
+    for column in ("version", "status", "created", "promoted", "parent", "held-back F1", "gate"):
+        table.add_column(column)
+    for model in models:
+        candidate = model.metrics.get("candidate", {})
+        holdout = candidate.get("holdout_macro_f1") if isinstance(candidate, dict) else None
+        failures = _gate_failures(model.metrics)
+        table.add_row(
+            model.version,
+            model.status,
+            f"{model.created_at:%Y-%m-%d %H:%M}",
+            "" if model.promoted_at is None else f"{model.promoted_at:%Y-%m-%d %H:%M}",
+            model.parent_version or "",
+            "" if holdout is None else f"{holdout:.3f}",
+            "passed" if not failures else "failed",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def promote_command(
+    version: Annotated[str, typer.Argument(help="A version from `feedback models list`.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even though its gate failed.")
+    ] = False,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a registered model the one analysis uses (refused if its gate failed, unless
+    --force)."""
+    from models.sentiment.store_models import MODEL_KIND
+    from pipelines.storage import list_models, promote_model
+
+    with open_store(db, config) as store:
+        models = {model.version: model for model in list_models(store, MODEL_KIND)}
+        failures = _gate_failures(models[version].metrics) if version in models else []
+        if failures and not force:
+            raise PromotionRefused(
+                f"{version} failed its gate at training: {'; '.join(failures)}. Promote it "
+                "anyway with --force"
+            )
+        previous = promote_model(store, version)
+    console.print(f"promoted {version}" + (f" (was {previous})" if previous else ""))
+
+
+@models_app.command("rollback")
+def rollback_command(db: DbOption = None, config: ConfigOption = None) -> None:
+    """Go back to the model promoted before the current one (or to the committed head)."""
+    from models.sentiment.store_models import MODEL_KIND
+    from pipelines.storage import rollback_model
+
+    with open_store(db, config) as store:
+        retired, restored = rollback_model(store, MODEL_KIND)
+    console.print(
+        f"retired {retired}; now using "
+        + (restored or f"the committed head ({os.path.basename(_committed_head_path())})")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``models list|promote|rollback`` to the ``feedback`` app.
+
+    Args:
+        app: The root typer app.
+    """
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,235 @@
+"""Training a candidate head on the shared sets plus the store's own labels.
+
+The store's labels become one more training set, ``store_labels``, beside the shared sets (linked,
+never copied), with a loss weight per row: ``HUMAN_WEIGHT`` for people's labels and
+``RATING_WEIGHT`` for weak labels from star ratings (``record_rating_labels``), against 1 for the
+shared rows; classes stay balanced within the set and every language keeps the same total weight.
+Human labels of the held-back slice (``is_held_back``) never train: the gate scores on them.
+Records in languages the model does not support are left out (they would form a language of
+their own and take an equal share of the weight).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from models.encoder import Encoder
+from models.sentiment._datasets import (
+    DatasetSplit,
+    discover_datasets,
+    read_split,
+    shared_datasets_dir,
+)
+from models.sentiment._features import FeatureCache
+from models.sentiment._head import SentimentHead
+from models.sentiment.store_models import (
+    GateDecision,
+    ModelScores,
+    is_held_back,
+    promotion_gate,
+    score_head,
+)
+from models.sentiment.train import (
+    DatasetSelection,
+    TrainingConfig,
+    TrainingResult,
+    select_datasets,
+    train_head,
+)
+from pipelines.storage import Store, labelled_texts, record_rating_labels
+from pipelines.text import SUPPORTED_LANGUAGES
+
+__all__ = [
+    "HUMAN_WEIGHT",
+    "RATING_WEIGHT",
+    "STORE_SET",
+    "Candidate",
+    "StoreLabelSets",
+    "store_label_sets",
+    "train_candidate",
+    "write_training_folder",
+]
+
+HUMAN_WEIGHT = 4.0
+RATING_WEIGHT = 0.25
+STORE_SET = "store_labels"
+_LABEL_INDEX = {"negative": 0, "neutral": 1, "positive": 2}
+_KIND_WEIGHT = {"human": HUMAN_WEIGHT, "rating": RATING_WEIGHT}
+
+
+@dataclass
+class StoreLabelSets:
+    """The store's labels split for training.
+
+    Attributes:
+        train: Rows to train on: ``id, text, label (0/1/2), lang, weight, kind``.
+        holdout: Held-back human labels: ``id, text, label, lang``.
+    """
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+
+
+def store_label_sets(store: Store) -> StoreLabelSets:
+    """The store's human and star-rating labels as training rows and the held-back slice.
+
+    Args:
+        store: The database (``record_rating_labels`` should have run).
+
+    Returns:
+        The two frames.
+    """
+    frame = labelled_texts(store, kinds=tuple(_KIND_WEIGHT))
+    frame = frame[frame["lang"].isin(sorted(SUPPORTED_LANGUAGES))]
+    rows = pd.DataFrame(
+        {
+            "id": frame["record_id"],
+            "text": frame["text"],
+            "label": frame["sentiment"].map(_LABEL_INDEX).astype("int64"),
+            "lang": frame["lang"],
+            "weight": frame["kind"].map(_KIND_WEIGHT).astype("float64"),
+            "kind": frame["kind"],
+        }
+    )
+    held = (rows["kind"] == "human") & rows["id"].map(is_held_back).astype(bool)
+    holdout = rows.loc[held, ["id", "text", "label", "lang"]].reset_index(drop=True)
+    return StoreLabelSets(rows[~held].reset_index(drop=True), holdout)
+
+
+def write_training_folder(
+    folder: str | os.PathLike[str], datasets_dir: str | os.PathLike[str], sets: StoreLabelSets
+) -> Path:
+    """A datasets folder: links to every shared set plus ``store_labels/data.jsonl``.
+
+    Args:
+        folder: An empty folder (e.g. temporary).
+        datasets_dir: The shared sets.
+        sets: The store's labels.
+
+    Returns:
+        ``folder``.
+    """
+    root = Path(folder)
+    for info in discover_datasets(datasets_dir):
+        target = root / info.name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "data.jsonl").symlink_to(info.path.resolve())
+        source = info.path.parent / "SOURCE.md"
+        if source.is_file():
+            (target / "SOURCE.md").symlink_to(source.resolve())
+    if not sets.train.empty:
+        target = root / STORE_SET
+        target.mkdir()
+        labels = ("neg", "neu", "pos")
+        with (target / "data.jsonl").open("w", encoding="utf-8") as handle:
+            for row in sets.train.itertuples(index=False):
+                line = {
+                    "id": row.id,
+                    "text": row.text,
+                    "label": labels[row.label],
+                    "split": "train",
+                    "lang": row.lang,
+                    "weight": row.weight,
+                }
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+        (target / "SOURCE.md").write_text(
+            "**Licence (as stated):** the company's own feedback\n", encoding="utf-8"
+        )
+    return root
+
+
+@dataclass
+class Candidate:
+    """A trained candidate and how it compares with the model in use.
+
+    Attributes:
+        training: What ``train_head`` returned (the head carries its metadata).
+        scores: The candidate's dev and held-back scores.
+        current: The model in use's scores on the same rows.
+        gate: The promotion decision.
+        trained_rows: Store labels trained on, per kind.
+    """
+
+    training: TrainingResult
+    scores: ModelScores
+    current: ModelScores
+    gate: GateDecision
+    trained_rows: dict[str, int]
+
+    @property
+    def head(self) -> SentimentHead:
+        """The candidate head."""
+        return self.training.head
+
+    def metrics(self) -> dict[str, object]:
+        """What the registry records about it."""
+        return {
+            "candidate": vars(self.scores),
+            "current": vars(self.current),
+            "gate": {"passed": self.gate.passed, "reasons": self.gate.reasons},
+            "store_rows": self.trained_rows,
+            "dev": self.head.metadata.metrics,
+        }
+
+
+def _with_store_set(config: TrainingConfig) -> TrainingConfig:
+    include = config.datasets.include
+    selection = DatasetSelection(
+        include=[*include, STORE_SET] if include else [], exclude=config.datasets.exclude
+    )
+    return config.model_copy(update={"datasets": selection})
+
+
+def train_candidate(
+    store: Store,
+    config: TrainingConfig,
+    encoder: Encoder,
+    current: SentimentHead,
+    datasets_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> Candidate:
+    """Train on the shared sets plus the store's labels, then score against the model in use.
+
+    Args:
+        store: The database with the labels (weak labels from stars are added first).
+        config: Training configuration (``datasets`` selects shared sets; the store's set is
+            always added).
+        encoder: The encoder (the same version as ``current``'s).
+        current: The head in use (promoted in the store, else the committed one).
+        datasets_dir: The shared sets; None uses ``shared_datasets_dir()``.
+        progress: Called with one line per step.
+        cache_root: Feature cache root (None: the default).
+
+    Returns:
+        The candidate with its scores and the gate's decision.
+    """
+    record_rating_labels(store)
+    sets = store_label_sets(store)
+    if not sets.train.empty:
+        config = _with_store_set(config)
+    cache = FeatureCache(encoder, cache_root, layers=config.encoder_layers)
+    with tempfile.TemporaryDirectory(prefix="feedback-train-") as folder:
+        write_training_folder(folder, datasets_dir or shared_datasets_dir(), sets)
+        training = train_head(config, cache, folder, progress)
+        chosen = select_datasets(discover_datasets(folder), config.datasets)
+        dev: list[DatasetSplit] = [
+            split for info in chosen if not (split := read_split(info, "dev")).frame.empty
+        ]
+    current_cache = FeatureCache(encoder, cache_root, layers=current.metadata.encoder_layers)
+    scores = score_head(training.head, dev, sets.holdout, cache.embeddings)
+    current_scores = score_head(current, dev, sets.holdout, current_cache.embeddings)
+    return Candidate(
+        training,
+        scores,
+        current_scores,
+        promotion_gate(scores, current_scores),
+        sets.train["kind"].value_counts().to_dict(),
+    )

@@ -1,0 +1,179 @@
+"""A model from the store's labels: trained and registered by the CLI, used by analysis once
+promoted, dropped again by a rollback (the real encoder, tiny heads and data sets)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from flows.cli import app
+from models.encoder import default_cache_root, encoder_version
+from models.sentiment import HeadMetadata, SentimentHead
+from models.sentiment.store_models import head_artifact
+from pipelines.analysis.sentiment import SentimentStage
+from pipelines.stages import StageContext
+from pipelines.storage import (
+    Label,
+    Store,
+    list_models,
+    promote_model,
+    record_labels,
+    register_model,
+    rollback_model,
+    schema,
+)
+
+_COMMITTED = json.loads(Path("models/heads/sentiment-e5.json").read_text(encoding="utf-8"))
+
+
+def _always_negative_head() -> SentimentHead:
+    """A linear head over the E5 embedding that says negative whatever the text."""
+    metadata = HeadMetadata(version="custom-always-negative", encoder_version=encoder_version())
+    weights = {"out.weight": np.zeros((3, 384)), "out.bias": np.array([6.0, 0.0, 0.0])}
+    return SentimentHead(weights, metadata)
+
+
+def _promote(store: Store, head: SentimentHead) -> None:
+    weights, metadata = head_artifact(head)
+    register_model(
+        store,
+        version=head.version,
+        kind="sentiment",
+        head_metadata=metadata,
+        weights=weights,
+        metrics={"gate": {"passed": True, "reasons": []}},
+        parent_version=_COMMITTED["version"],
+    )
+    promote_model(store, head.version)
+
+
+def _analyze(db_url: str, tmp_path: Path) -> list[dict[str, object]]:
+    source = tmp_path / "in.jsonl"
+    rows = [
+        {"id": "1", "text": "Harika bir ürün, çok memnun kaldım, herkese tavsiye ederim."},
+        {"id": "2", "text": "Great flight, friendly crew and we landed early. Thank you!"},
+    ]
+    source.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["analyze", str(source), "-o", str(output), "--db", db_url])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+
+
+def test_analyze_db_uses_the_promoted_model_until_rolled_back(db_url: str, tmp_path: Path) -> None:
+    head = _always_negative_head()
+    with Store(db_url) as store:
+        _promote(store, head)
+    records = _analyze(db_url, tmp_path)
+    assert {record["model_version"] for record in records} == {head.version}
+    assert {record["sentiment"] for record in records} == {"negative"}
+
+    with Store(db_url) as store:
+        assert rollback_model(store, "sentiment") == (head.version, None)
+    records = _analyze(db_url, tmp_path)
+    assert {record["model_version"] for record in records} == {_COMMITTED["version"]}
+    assert {record["sentiment"] for record in records} == {"positive"}
+
+
+def test_stored_predictions_record_the_promoted_version(store: Store) -> None:
+    stage = SentimentStage.from_config()
+    batch = pd.DataFrame({"id": ["r1"], "text": ["Kargo çok hızlı geldi, teşekkürler."]})
+    context = StageContext(store, "run-1")
+    stage.prepare(context)
+    assert stage.version == _COMMITTED["version"]
+    _promote(store, _always_negative_head())
+    stage.prepare(context)
+    assert stage.version == "custom-always-negative"
+    stage.save(stage.run(batch, context), context)
+    with store.engine.connect() as connection:
+        saved = connection.execute(select(schema.sentiment)).mappings().one()
+    assert saved["model_version"] == "custom-always-negative" and saved["label"] == "negative"
+
+
+_TINY = {
+    "neg": ["Berbat, iki günde bozuldu.", "Çok kötü hizmet, bir daha asla.", "Rezalet kargo."],
+    "pos": ["Harika, bayıldım.", "Çok hızlı kargo, teşekkürler.", "Mükemmel ürün, tavsiye ederim."],
+    "neu": ["Siparişi salı verdim.", "İki tane aldım.", "Paket bugün geldi."],
+}
+
+
+def _tiny_datasets(folder: Path) -> Path:
+    target = folder / "tiny_tr"
+    target.mkdir(parents=True)
+    lines = [
+        {"text": text, "label": label, "split": split, "lang": "tr"}
+        for label, texts in _TINY.items()
+        for split in ("train", "dev")
+        for text in texts
+    ]
+    (target / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    return folder
+
+
+def test_train_sentiment_db_registers_a_candidate_from_the_labels(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Training features go to a cache of the test's own; the converted encoder is shared.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "encoders").symlink_to(default_cache_root() / "encoders")
+    monkeypatch.setenv("FEEDBACK_CACHE_DIR", str(tmp_path / "cache"))
+    now = datetime.now(UTC)
+    texts = {
+        "negative": "Uygulama ödeme adımında sürekli çöküyor, param iki kez çekildi.",
+        "positive": "Kurye çok nazikti, siparişim sıcak ve zamanında geldi.",
+    }
+    with Store(db_url) as store:
+        store.insert_ignore(
+            schema.feedback,
+            [
+                {
+                    "id": f"r{n}",
+                    "source": "reviews",
+                    "channel": "review",
+                    "created_at": now,
+                    "text": f"{texts[sentiment]} ({n})",
+                    "rating": 1 if sentiment == "negative" else 5,
+                    "lang": "tr",
+                    "text_hash": f"r{n}",
+                    "run_id": "run-1",
+                    "ingested_at": now,
+                }
+                for n, sentiment in enumerate(["negative", "positive"] * 10)
+            ],
+        )
+        record_labels(
+            store,
+            [Label(f"r{n}", sentiment="negative" if n % 2 == 0 else "positive") for n in range(12)],
+        )
+    config = tmp_path / "training.yaml"
+    config.write_text("epochs: 3\nhead: {hidden_dim: 0}\nencoder_layers: [12]\n", encoding="utf-8")
+    datasets = _tiny_datasets(tmp_path / "datasets")
+    args = ["train", "sentiment", "--config", str(config), "--datasets", str(datasets)]
+    result = CliRunner().invoke(app, [*args, "--db", db_url])
+    assert result.exit_code == 0, result.output
+    with Store(db_url) as store:
+        [model] = list_models(store, "sentiment")
+    # r12..r19 have stars only (weak labels); r1, r2, r5 and r9 are held back for the gate.
+    assert model.metrics["store_rows"] == {"human": 8, "rating": 8}
+    assert model.metrics["candidate"]["holdout_rows"] == 4
+    assert set(model.metrics["candidate"]["languages"]) == {"tr"}
+    assert model.status == "candidate" and model.parent_version == _COMMITTED["version"]
+    assert f"registered {model.version}" in result.output
+
+    # Training is deterministic: --promote registers the same version and obeys its gate.
+    result = CliRunner().invoke(app, [*args, "--db", db_url, "--promote"])
+    with Store(db_url) as store:
+        [again] = list_models(store, "sentiment")
+    assert again.version == model.version
+    if model.metrics["gate"]["passed"]:
+        assert result.exit_code == 0 and again.status == "promoted", result.output
+    else:
+        assert result.exit_code == 1 and again.status == "candidate"
+        assert "Error [E093]" in result.output and "stays in use" in result.output

@@ -1,0 +1,206 @@
+"""The model registry on both backends: register, promote, roll back one promotion at a time."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from models.sentiment import DatasetInfo, DatasetSplit, HeadMetadata, SentimentHead
+from models.sentiment.store_models import (
+    GateDecision,
+    head_artifact,
+    head_from_artifact,
+    is_held_back,
+    promotion_gate,
+    score_head,
+)
+from pipelines._errors import ModelVersionError
+from pipelines.storage import (
+    Store,
+    list_models,
+    model_artifact,
+    promote_model,
+    promoted_model,
+    register_model,
+    rollback_model,
+)
+
+_START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _register(store: Store, version: str, hours: int) -> bool:
+    return register_model(
+        store,
+        version=version,
+        kind="sentiment",
+        head_metadata={"version": version},
+        weights=version.encode() * 3,
+        metrics={"holdout_macro_f1": 0.5},
+        parent_version=None,
+        at=_START + timedelta(hours=hours),
+    )
+
+
+def _statuses(store: Store) -> dict[str, str]:
+    return {model.version: model.status for model in list_models(store, "sentiment")}
+
+
+def test_promote_and_roll_back(store: Store) -> None:
+    assert _register(store, "v1", 1) and _register(store, "v2", 2) and _register(store, "v3", 3)
+    assert not _register(store, "v1", 4)
+    assert [model.version for model in list_models(store, "sentiment")] == ["v3", "v2", "v1"]
+    assert promoted_model(store, "sentiment") is None
+    artifact = model_artifact(store, "v2")
+    assert artifact.weights == b"v2v2v2" and artifact.head_metadata == {"version": "v2"}
+
+    assert promote_model(store, "v1", at=_START + timedelta(days=1)) is None
+    assert promote_model(store, "v2", at=_START + timedelta(days=2)) == "v1"
+    assert promote_model(store, "v3", at=_START + timedelta(days=3)) == "v2"
+    assert _statuses(store) == {"v1": "retired", "v2": "retired", "v3": "promoted"}
+
+    assert rollback_model(store, "sentiment") == ("v3", "v2")
+    current = promoted_model(store, "sentiment")
+    assert current is not None and current.version == "v2"
+    # A rolled-back version is never returned to by a later rollback.
+    assert rollback_model(store, "sentiment") == ("v2", "v1")
+    assert rollback_model(store, "sentiment") == ("v1", None)
+    assert promoted_model(store, "sentiment") is None
+    assert set(_statuses(store).values()) == {"retired"}
+    with pytest.raises(ModelVersionError, match=r"\[E092\] no sentiment model is promoted"):
+        rollback_model(store, "sentiment")
+
+    promote_model(store, "v1", at=_START + timedelta(days=4))
+    promote_model(store, "v3", at=_START + timedelta(days=5))
+    assert rollback_model(store, "sentiment") == ("v3", "v1")
+
+
+def test_unknown_versions_are_refused(store: Store) -> None:
+    with pytest.raises(ModelVersionError, match=r"\[E092\] model v9 is not in the store"):
+        promote_model(store, "v9")
+    with pytest.raises(ModelVersionError, match="feedback models list"):
+        model_artifact(store, "v9")
+
+
+# --- The promotion gate, on heads and features built here --------------------------------------
+
+_DIRECTIONS = np.eye(3, 384, dtype=np.float32) * 4.0
+
+
+def _head(version: str, out_weight: np.ndarray) -> SentimentHead:
+    metadata = HeadMetadata(version=version, encoder_version="enc-test")
+    return SentimentHead({"out.weight": out_weight, "out.bias": np.zeros(3)}, metadata)
+
+
+def _features(texts: list[str]) -> np.ndarray:
+    """Text ``"<label index>-<n>"`` -> a vector pointing at its class, plus a little noise."""
+    generator = np.random.default_rng(len(texts))
+    vectors = np.stack([_DIRECTIONS[int(text.split("-")[0])] for text in texts])
+    return vectors + generator.normal(scale=0.3, size=vectors.shape).astype(np.float32)
+
+
+def _split(name: str, lang: str) -> DatasetSplit:
+    labels = [index for index in range(3) for _ in range(10)]
+    frame = pd.DataFrame(
+        {
+            "id": [f"{name}{n}" for n in range(len(labels))],
+            "text": [f"{label}-{n}" for n, label in enumerate(labels)],
+            "label": labels,
+            "lang": lang,
+            "weight": 1.0,
+        }
+    )
+    return DatasetSplit(DatasetInfo(name, Path(name), "test"), "dev", frame)
+
+
+def test_gate_refuses_a_worse_model_and_passes_a_better_one() -> None:
+    dev = [_split("tr_set", "tr"), _split("en_set", "en")]
+    holdout = _split("store", "tr").frame
+    good = _head("good", _DIRECTIONS)
+    # Confuses negative with neutral: worse everywhere.
+    worse = _head("worse", _DIRECTIONS[[1, 0, 2]])
+    good_scores = score_head(good, dev, holdout, _features)
+    worse_scores = score_head(worse, dev, holdout, _features)
+    assert good_scores.languages["tr"] > 0.95 and worse_scores.languages["tr"] < 0.5
+    assert good_scores.holdout_rows == 30
+
+    refused = promotion_gate(worse_scores, good_scores)
+    assert not refused.passed
+    assert [reason.split()[0] for reason in refused.reasons] == ["en", "tr", "held-back"]
+    assert "drops" in refused.reasons[0] and "does not beat" in refused.reasons[2]
+    assert promotion_gate(good_scores, worse_scores) == GateDecision(True, [])
+
+    # Equal is not better; a drop within one point is tolerated; no held-back labels: refused.
+    same = promotion_gate(good_scores, good_scores)
+    assert len(same.reasons) == 1 and same.reasons[0].startswith("held-back")
+    assert good_scores.holdout_macro_f1 is not None
+    tolerated = replace(
+        good_scores,
+        languages={**good_scores.languages, "tr": good_scores.languages["tr"] - 0.009},
+        holdout_macro_f1=good_scores.holdout_macro_f1 + 0.01,
+    )
+    assert promotion_gate(tolerated, good_scores).passed
+    unlabelled = score_head(good, dev, holdout.iloc[0:0], _features)
+    assert "no held-back human labels" in promotion_gate(unlabelled, unlabelled).reasons[0]
+
+
+def test_held_back_slice_is_stable_and_about_one_in_five() -> None:
+    ids = [f"record-{n}" for n in range(2000)]
+    held = [record_id for record_id in ids if is_held_back(record_id)]
+    assert 0.17 < len(held) / len(ids) < 0.23
+    assert held == [record_id for record_id in ids if is_held_back(record_id)]
+
+
+def test_head_round_trips_through_the_registry(store: Store) -> None:
+    head = _head("v-good", _DIRECTIONS)
+    weights, metadata = head_artifact(head)
+    register_model(
+        store,
+        version=head.version,
+        kind="sentiment",
+        head_metadata=metadata,
+        weights=weights,
+        metrics={},
+        parent_version=None,
+    )
+    loaded = head_from_artifact(model_artifact(store, head.version))
+    vectors = _features(["0-1", "1-2", "2-3"])
+    np.testing.assert_allclose(loaded.predict_proba(vectors), head.predict_proba(vectors))
+    assert loaded.metadata == head.metadata
+
+
+def test_models_cli_refuses_a_candidate_that_failed_its_gate(db_url: str) -> None:
+    with Store(db_url) as store:
+        for version, gate in (("v-bad", ["tr dev macro-F1 drops 0.050"]), ("v-ok", [])):
+            register_model(
+                store,
+                version=version,
+                kind="sentiment",
+                head_metadata={},
+                weights=b"",
+                metrics={"gate": {"passed": not gate, "reasons": gate}},
+                parent_version=None,
+            )
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "promote", "v-bad", "--db", db_url])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error [E093] v-bad failed its gate at training: tr dev")
+    result = runner.invoke(app, ["models", "promote", "v-ok", "--db", db_url])
+    assert result.exit_code == 0 and "promoted v-ok" in result.output
+    result = runner.invoke(app, ["models", "promote", "v-bad", "--force", "--db", db_url])
+    assert result.exit_code == 0 and "promoted v-bad (was v-ok)" in result.output
+    result = runner.invoke(app, ["models", "list", "--db", db_url])
+    assert result.exit_code == 0 and "v-bad" in result.output and "failed" in result.output
+    result = runner.invoke(app, ["models", "rollback", "--db", db_url])
+    assert result.exit_code == 0 and "retired v-bad; now using v-ok" in result.output
+    runner.invoke(app, ["models", "rollback", "--db", db_url])
+    result = runner.invoke(app, ["models", "rollback", "--db", db_url])
+    assert result.exit_code == 1 and "Error [E092] no sentiment model is promoted" in result.output
+    result = runner.invoke(app, ["models", "promote", "v-404", "--db", db_url])
+    assert result.exit_code == 1 and "Error [E092] model v-404 is not in the store" in result.output
