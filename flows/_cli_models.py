@@ -92,7 +92,7 @@ def _eval_predictor(
     cache = FeatureCache(backend.encoder, layers=backend.head.metadata.encoder_layers)
 
     def predict(texts: Sequence[str], langs: Sequence[str | None]) -> np.ndarray:
-        return backend.head.predict_proba(cache.embeddings(texts))
+        return backend.scores(cache.embeddings(texts), texts, langs)
 
     return predict
 

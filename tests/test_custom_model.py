@@ -31,6 +31,8 @@ from pipelines.storage import (
 )
 
 _COMMITTED = json.loads(Path("models/heads/sentiment-e5.json").read_text(encoding="utf-8"))
+# What the configured stage records without a promoted head: the committed stack over that head.
+_COMMITTED_STACK = json.loads(Path("models/heads/sentiment-stack.json").read_text(encoding="utf-8"))
 
 
 def _always_negative_head() -> SentimentHead:
@@ -78,7 +80,7 @@ def test_analyze_db_uses_the_promoted_model_until_rolled_back(db_url: str, tmp_p
     with Store(db_url) as store:
         assert rollback_model(store, "sentiment") == (head.version, None)
     records = _analyze(db_url, tmp_path)
-    assert {record["model_version"] for record in records} == {_COMMITTED["version"]}
+    assert {record["model_version"] for record in records} == {_COMMITTED_STACK["version"]}
     assert {record["sentiment"] for record in records} == {"positive"}
 
 
@@ -87,7 +89,7 @@ def test_stored_predictions_record_the_promoted_version(store: Store) -> None:
     batch = pd.DataFrame({"id": ["r1"], "text": ["Kargo çok hızlı geldi, teşekkürler."]})
     context = StageContext(store, "run-1")
     stage.prepare(context)
-    assert stage.version == _COMMITTED["version"]
+    assert stage.version == _COMMITTED_STACK["version"]
     _promote(store, _always_negative_head())
     stage.prepare(context)
     assert stage.version == "custom-always-negative"

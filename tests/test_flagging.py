@@ -296,3 +296,26 @@ def test_invalid_rules_say_which_key_to_fix(tmp_path: Path) -> None:
     (tmp_path / "flagging.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"low_rating\.max_rating"):
         load_flagging_rules(tmp_path)
+
+
+def test_per_language_negative_threshold_overrides_the_general_one(tmp_path: Path) -> None:
+    data = yaml.safe_load((DEFAULT_CONFIG_DIR / "flagging.yaml").read_text(encoding="utf-8"))
+    data["negative_document"]["min_probability"] = 0.7
+    data["negative_document"]["min_probability_by_language"] = {"tr": 0.4}
+    (tmp_path / "flagging.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    rules = load_flagging_rules(tmp_path)
+    rows = pd.DataFrame(
+        [
+            record(id="tr-1", lang="tr", sentiment_scores=scores(0.45)),
+            record(id="en-1", lang="en", sentiment_scores=scores(0.45)),
+            record(id="none-1", lang=None, sentiment_scores=scores(0.45)),
+            record(id="en-2", lang="en", sentiment_scores=scores(0.75)),
+        ]
+    )
+    flagged = flag_batch(rows, rules)
+    assert flagged["flagged"].tolist() == [True, False, False, True]
+    assert flagged["reasons"][0] == ["negative 0.45"]
+    data["negative_document"]["min_probability_by_language"] = {"tr": 1.5}
+    (tmp_path / "flagging.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="min_probability_by_language"):
+        load_flagging_rules(tmp_path)

@@ -24,6 +24,8 @@ from models.sentiment._datasets import (
 )
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import HeadMetadata, SentimentHead, binary_proba, softmax
+from models.sentiment._ngram import NgramMetadata, NgramModel
+from models.sentiment._stacking import LanguageBlend, StackedSentiment, StackMetadata
 
 __all__ = [
     "LABELS",
@@ -32,7 +34,12 @@ __all__ = [
     "DatasetSplit",
     "FeatureCache",
     "HeadMetadata",
+    "LanguageBlend",
+    "NgramMetadata",
+    "NgramModel",
     "SentimentHead",
+    "StackMetadata",
+    "StackedSentiment",
     "analysis_text",
     "binary_proba",
     "discover_datasets",

@@ -42,10 +42,12 @@ from pipelines.config import config_path, load_yaml_model
 __all__ = [
     "TrainingConfig",
     "TrainingResult",
+    "fit_head",
     "fit_temperature",
     "load_training_config",
     "row_weights",
     "select_datasets",
+    "stack_features",
     "train_head",
     "write_model_card",
 ]
@@ -169,14 +171,25 @@ class _Features:
 
 
 def _stack(splits: list[DatasetSplit], cache: FeatureCache) -> _Features:
-    vectors, labels, binary, langs, owners = [], [], [], [], []
+    return stack_features(splits, [cache.embeddings(s.frame["text"].tolist()) for s in splits])
+
+
+def stack_features(splits: list[DatasetSplit], vectors: list[np.ndarray]) -> _Features:
+    """Stack already computed features of several splits into training rows.
+
+    Args:
+        splits: The splits.
+        vectors: Their features, same order.
+
+    Returns:
+        The stacked rows (labels, binary flags, languages, owning split).
+    """
+    labels, binary, langs, owners = [], [], [], []
     for index, split in enumerate(splits):
-        texts = split.frame["text"].tolist()
-        vectors.append(cache.embeddings(texts))
         labels.append(split.labels)
-        binary.append(np.full(len(texts), not split.has_neutral))
+        binary.append(np.full(len(split.frame), not split.has_neutral))
         langs.append(split.frame["lang"].to_numpy(dtype=str))
-        owners.append(np.full(len(texts), index))
+        owners.append(np.full(len(split.frame), index))
     return _Features(
         splits,
         np.concatenate(vectors).astype(np.float32),
@@ -296,6 +309,64 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, binary: np.ndarray) 
     return best
 
 
+def fit_head(
+    config: TrainingConfig,
+    train: _Features,
+    dev: _Features,
+    encoder_version: str,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[SentimentHead, int]:
+    """Train the head on stacked features; keep the epoch with the best mean dev macro-F1.
+
+    Args:
+        config: Training configuration (head shape, optimiser, balancing, seed, layers).
+        train: Training rows.
+        dev: Dev rows (epoch selection only).
+        encoder_version: Encoder behind the features.
+        progress: Called with one line per epoch.
+
+    Returns:
+        ``(head, best epoch)``; the head is untempered and unversioned.
+    """
+    say = progress or (lambda _line: None)
+    torch.manual_seed(config.seed)
+    generator = np.random.default_rng(config.seed)
+    mean = train.vectors.mean(axis=0).astype(np.float64)
+    scale = train.vectors.std(axis=0).astype(np.float64) + 1e-6
+    inputs = torch.from_numpy(((train.vectors - mean) / scale).astype(np.float32))
+    labels = torch.from_numpy(train.labels)
+    binary = torch.from_numpy(train.binary)
+    weights = torch.from_numpy(row_weights(train, config.balance_classes, config.balance_languages))
+    module = _module(inputs.shape[1], config.head)
+    optimiser = torch.optim.AdamW(
+        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    metadata = HeadMetadata(
+        version="unversioned",
+        encoder_version=encoder_version,
+        input_dim=int(inputs.shape[1]),
+        hidden_dim=config.head.hidden_dim,
+        encoder_layers=list(config.encoder_layers),
+    )
+    best_score, best_epoch, best_weights = -1.0, 0, _export(module, mean, scale)
+    for epoch in range(1, config.epochs + 1):
+        module.train()
+        order = torch.from_numpy(generator.permutation(len(labels)))
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            optimiser.zero_grad()
+            loss = _loss(module(inputs[batch]), labels[batch], binary[batch], weights[batch])
+            loss.backward()
+            optimiser.step()
+        module.eval()
+        candidate = _export(module, mean, scale)
+        score = _mean_dev_macro_f1(SentimentHead(candidate, metadata), dev)
+        say(f"epoch {epoch}: mean dev macro-F1 {score:.4f}")
+        if score > best_score:
+            best_score, best_epoch, best_weights = score, epoch, candidate
+    return SentimentHead(best_weights, metadata), best_epoch
+
+
 @dataclass
 class TrainingResult:
     """What :func:`train_head` produced.
@@ -351,44 +422,8 @@ def train_head(
                 splits[name].append(split)
     train = _stack(splits["train"], cache)
     dev = _stack(splits["dev"], cache)
-
-    torch.manual_seed(config.seed)
-    generator = np.random.default_rng(config.seed)
-    mean = train.vectors.mean(axis=0).astype(np.float64)
-    scale = train.vectors.std(axis=0).astype(np.float64) + 1e-6
-    inputs = torch.from_numpy(((train.vectors - mean) / scale).astype(np.float32))
-    labels = torch.from_numpy(train.labels)
-    binary = torch.from_numpy(train.binary)
-    weights = torch.from_numpy(row_weights(train, config.balance_classes, config.balance_languages))
-    module = _module(inputs.shape[1], config.head)
-    optimiser = torch.optim.AdamW(
-        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    metadata = HeadMetadata(
-        version="unversioned",
-        encoder_version=cache.encoder.version,
-        input_dim=int(inputs.shape[1]),
-        hidden_dim=config.head.hidden_dim,
-        encoder_layers=list(cache.layers),
-    )
-    best_score, best_epoch, best_weights = -1.0, 0, _export(module, mean, scale)
-    for epoch in range(1, config.epochs + 1):
-        module.train()
-        order = torch.from_numpy(generator.permutation(len(labels)))
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            optimiser.zero_grad()
-            loss = _loss(module(inputs[batch]), labels[batch], binary[batch], weights[batch])
-            loss.backward()
-            optimiser.step()
-        module.eval()
-        candidate = _export(module, mean, scale)
-        score = _mean_dev_macro_f1(SentimentHead(candidate, metadata), dev)
-        say(f"epoch {epoch}: mean dev macro-F1 {score:.4f}")
-        if score > best_score:
-            best_score, best_epoch, best_weights = score, epoch, candidate
-
-    head = SentimentHead(best_weights, metadata)
+    head, best_epoch = fit_head(config, train, dev, cache.encoder.version, say)
+    metadata = head.metadata
     logits = head.logits(dev.vectors).astype(np.float64)
     ece_before = expected_calibration_error(_scored(softmax(logits), dev.binary), dev.labels)
     metadata.temperature = fit_temperature(logits, dev.labels, dev.binary)

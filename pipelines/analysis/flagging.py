@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -58,6 +58,17 @@ class _Signal(BaseModel):
 class _NegativeSignal(_Signal):
     triggers: bool = True
     min_probability: float = Field(ge=0.0, le=1.0)
+    min_probability_by_language: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="language code -> threshold used instead of min_probability for that "
+        "language (the sentiment model card gives the values keeping negative recall >= 0.90)",
+    )
+
+    def threshold(self, lang: object) -> float:
+        """The negative probability that fires the signal for a record in ``lang``."""
+        if isinstance(lang, str):
+            return self.min_probability_by_language.get(lang, self.min_probability)
+        return self.min_probability
 
 
 class _LowRatingSignal(_Signal):
@@ -285,7 +296,7 @@ def _evaluate(
 
     document_negative = _negative_probability(row.get("sentiment_scores"))
     if document_negative is not None:
-        negative_document = document_negative >= rules.negative_document.min_probability
+        negative_document = document_negative >= rules.negative_document.threshold(row.get("lang"))
         if negative_document:
             evaluation.add(rules.negative_document, f"negative {document_negative:.2f}")
     else:
@@ -305,7 +316,7 @@ def _evaluate(
     if (
         not negative_document
         and worst is not None
-        and worst[0] >= rules.negative_sentence.min_probability
+        and worst[0] >= rules.negative_sentence.threshold(row.get("lang"))
     ):
         evaluation.add(
             rules.negative_sentence, f'negative sentence {worst[0]:.2f} ("{_snippet(worst[1])}")'

@@ -38,7 +38,7 @@ from pipelines.text import split_sentences
 
 if TYPE_CHECKING:
     from models.encoder import Encoder
-    from models.sentiment import SentimentHead
+    from models.sentiment import SentimentHead, StackedSentiment
     from pipelines.storage import Store
 
 __all__ = [
@@ -68,6 +68,11 @@ class E5HeadSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     head: Path = Field(Path("models/heads/sentiment-e5.json"), description="relative to repo")
+    stack: Path | None = Field(
+        None,
+        description="sentiment-stack.json blending the head with per-language n-gram models "
+        "(relative to repo); it names its own head, which must be ``head``",
+    )
     encoder_path: Path | None = Field(None, description="None: the converted default encoder")
     encoder_dtype: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     batch_size: int = Field(64, ge=1)
@@ -198,14 +203,29 @@ class E5HeadBackend(SentimentBackend):
         encoder: The loaded encoder.
         head: The trained head (its ``encoder_version`` must match the encoder).
         batch_size: Encoder batch size.
+        stack: Optional stacked model over ``head`` (per-language n-gram blend and decision
+            shifts); its version is then the model version.
 
     Raises:
-        ModelError: The head was trained on another encoder version.
+        ModelError: The head was trained on another encoder version, or the stack was fitted
+            on another head.
     """
 
     kind = "e5_head"
 
-    def __init__(self, encoder: Encoder, head: SentimentHead, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: SentimentHead,
+        batch_size: int = 64,
+        stack: StackedSentiment | None = None,
+    ) -> None:
+        if stack is not None and stack.head.version != head.version:
+            raise ModelError(
+                f"sentiment stack {stack.version} blends head {stack.head.version}, but the "
+                f"configured head is {head.version}; point e5_head.head at the stack's head or "
+                "rebuild the stack with `python -m models.sentiment.stack`"
+            )
         if head.metadata.encoder_version != encoder.version:
             raise ModelError(
                 f"sentiment head {head.version} was trained on encoder "
@@ -215,10 +235,14 @@ class E5HeadBackend(SentimentBackend):
         self.encoder = encoder
         self.head = head
         self.batch_size = batch_size
+        self.stack = stack
         self.committed_head = head
+        self.committed_stack = stack
 
     def use_store_model(self, store: Store) -> None:
         """Use the head promoted in ``store`` (``feedback models``), else the committed one.
+
+        The committed stack blends only with the committed head: a promoted head runs alone.
 
         Args:
             store: The database whose registry to read.
@@ -232,6 +256,7 @@ class E5HeadBackend(SentimentBackend):
         promoted = promoted_model(store, MODEL_KIND)
         if promoted is None:
             self.head = self.committed_head
+            self.stack = self.committed_stack
         elif promoted.version != self.head.version:
             head = head_from_artifact(model_artifact(store, promoted.version))
             if head.metadata.encoder_version != self.encoder.version:
@@ -242,6 +267,7 @@ class E5HeadBackend(SentimentBackend):
                     "`feedback train sentiment --db`"
                 )
             self.head = head
+            self.stack = None
 
     @classmethod
     def from_settings(cls, settings: E5HeadSettings) -> E5HeadBackend:
@@ -253,16 +279,34 @@ class E5HeadBackend(SentimentBackend):
         Returns:
             The backend.
         """
-        from models.sentiment import SentimentHead
+        from models.sentiment import SentimentHead, StackedSentiment
 
         head = SentimentHead.load(settings.head_path)
+        stack = StackedSentiment.load(_repo_path(settings.stack)) if settings.stack else None
         encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype)
-        return cls(encoder, head, settings.batch_size)
+        return cls(encoder, head, settings.batch_size, stack)
 
     @property
     def version(self) -> str:
-        """The head's version (which pins the encoder version)."""
-        return self.head.version
+        """The stack's version when there is one, else the head's (both pin the encoder)."""
+        return self.stack.version if self.stack is not None else self.head.version
+
+    def scores(
+        self, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
+    ) -> np.ndarray:
+        """Probabilities from encoder features: the head's, or the stack's blend.
+
+        Args:
+            features: ``(N, input_dim)`` features of ``texts``.
+            texts: The analysis texts.
+            langs: Their language codes.
+
+        Returns:
+            ``(N, 3)`` probabilities.
+        """
+        if self.stack is None:
+            return self.head.predict_proba(features)
+        return self.stack.predict_proba(features, texts, langs)
 
     def predict_proba(self, texts: Sequence[str], langs: Sequence[str | None]) -> np.ndarray:
         """See :meth:`SentimentBackend.predict_proba`."""
@@ -279,7 +323,7 @@ class E5HeadBackend(SentimentBackend):
             layers=self.head.metadata.encoder_layers,
         )
         # The last block is the last layer's pooled vector: the E5 embedding.
-        return self.head.predict_proba(features), features[:, -self.encoder.dim :]
+        return self.scores(features, texts, langs), features[:, -self.encoder.dim :]
 
     def predict_documents(
         self, texts: Sequence[str], langs: Sequence[str | None], store: Store | None
@@ -293,11 +337,11 @@ class E5HeadBackend(SentimentBackend):
         layers = self.head.metadata.encoder_layers
         if len(layers) == 1:  # the last layer alone (the head validates it ends with it)
             vectors = embedder.embed(list(texts))
-            return self.head.predict_proba(vectors), vectors
+            return self.scores(vectors, texts, langs), vectors
         features = TextEmbedder(self.encoder, store, layers).embed(list(texts))
         vectors = features[:, -self.encoder.dim :]
         embedder.remember(list(texts), vectors)
-        return self.head.predict_proba(features), vectors
+        return self.scores(features, texts, langs), vectors
 
 
 class HFSequenceClassificationBackend(SentimentBackend):
