@@ -48,6 +48,12 @@ _BOS_ID = 0
 _EOS_ID = 2
 _PAD_ID = 1
 _MAX_BATCH_TOKENS = 16384
+# Batches are padded to a multiple of _LENGTH_STEP tokens and _ROWS_STEP rows (filler rows are a
+# lone BOS token, dropped after the pass). oneDNN builds and caches kernels per input shape: with
+# every length and tail batch its own shape, resident memory grew by ~1.2 GB over 2,400 texts of
+# mixed length (benchmarks/RESULTS.md, "Nightly run memory").
+_LENGTH_STEP = 16
+_ROWS_STEP = 8
 _BF16_MIN_COSINE = 0.999
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 _PROBE_TEXTS = (
@@ -264,11 +270,14 @@ class Encoder:
         start = 0
         with torch.inference_mode():
             while start < len(order):
-                longest = len(window_ids[order[start]])
+                longest = -(-len(window_ids[order[start]]) // _LENGTH_STEP) * _LENGTH_STEP
                 size = max(1, min(batch_size, _MAX_BATCH_TOKENS // longest))
                 batch = order[start : start + size]
-                input_ids = torch.full((len(batch), longest), _PAD_ID, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                rows = -(-len(batch) // _ROWS_STEP) * _ROWS_STEP
+                input_ids = torch.full((rows, longest), _PAD_ID, dtype=torch.long)
+                attention_mask = torch.zeros((rows, longest), dtype=torch.long)
+                input_ids[len(batch) :, 0] = _BOS_ID
+                attention_mask[len(batch) :, 0] = 1
                 for row, index in enumerate(batch):
                     ids = window_ids[index]
                     input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -284,7 +293,7 @@ class Encoder:
                         output.last_hidden_state if only_last else output.hidden_states[layer]
                     ).float()
                     pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
-                    means[batch, position] = pooled.numpy()
+                    means[batch, position] = pooled[: len(batch)].numpy()
                 start += size
         return means
 
