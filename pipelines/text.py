@@ -10,16 +10,36 @@ from __future__ import annotations
 import re
 import threading
 from functools import lru_cache
+from typing import Annotated
 
 import spacy
+from pydantic import AfterValidator
 from spacy.language import Language
 
 from pipelines.ingest.normalize import casefold_for_matching
 
-__all__ = ["SUPPORTED_LANGUAGES", "sentencizer", "split_sentences", "tokens"]
+__all__ = [
+    "SUPPORTED_LANGUAGES",
+    "SupportedLanguage",
+    "sentencizer",
+    "split_sentences",
+    "tokens",
+]
 
 SUPPORTED_LANGUAGES: frozenset[str] = frozenset({"tr", "fa", "ro", "en"})
 _FALLBACK_LANGUAGE = "xx"
+
+
+def _supported(code: str) -> str:
+    if code not in SUPPORTED_LANGUAGES:
+        raise ValueError(
+            f"unknown language {code!r}; use one of {', '.join(sorted(SUPPORTED_LANGUAGES))}"
+        )
+    return code
+
+
+SupportedLanguage = Annotated[str, AfterValidator(_supported)]
+"""A language code of ``SUPPORTED_LANGUAGES``, for configuration keys (fails closed)."""
 _MIN_TOKEN_LENGTH = 2
 
 _PERSIAN_DIGITS = str.maketrans(

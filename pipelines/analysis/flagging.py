@@ -24,6 +24,7 @@ from pipelines.analysis.churn import ChurnDetector, ChurnMatch, ChurnRules
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import Store, negative_customer_records, schema
+from pipelines.text import SupportedLanguage
 
 __all__ = [
     "FLAG_COLUMNS",
@@ -55,10 +56,15 @@ class _Signal(BaseModel):
     )
 
 
+_Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class _NegativeSignal(_Signal):
     triggers: bool = True
     min_probability: float = Field(ge=0.0, le=1.0)
-    min_probability_by_language: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    min_probability_by_language: dict[
+        SupportedLanguage, Annotated[float, Field(ge=0.0, le=1.0)]
+    ] = Field(
         default_factory=dict,
         description="language code -> threshold used instead of min_probability for that "
         "language (the sentiment model card gives the values keeping negative recall >= 0.90)",

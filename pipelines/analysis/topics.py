@@ -45,7 +45,7 @@ from pipelines.storage import (
     topic_members,
     window_records,
 )
-from pipelines.text import tokens
+from pipelines.text import SupportedLanguage, tokens
 
 __all__ = [
     "TOPICS_CONFIG",
@@ -92,7 +92,7 @@ class TopicSettings(BaseModel):
     brand_names: list[str] = Field(default_factory=list)
     """Words never used as keywords or labels (the company's and its products' names): they
     are in every topic and tell nothing apart."""
-    extra_stop_words: dict[str, list[str]] = Field(default_factory=dict)
+    extra_stop_words: dict[SupportedLanguage, list[str]] = Field(default_factory=dict)
     """Language -> words added to spaCy's stop words for keywords (its Turkish list lacks
     ``bir``, the commonest Turkish word)."""
 
