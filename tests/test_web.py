@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.delivery.alerts import list_alerts
 from pipelines.storage import Store, latest_labels, schema, triage_events
 from tests._smtp import smtp_server
@@ -362,7 +363,8 @@ def test_web_refuses_to_start_without_a_secret(config: Path, tmp_path: Path) -> 
     short = CliRunner(env={"FEEDBACK_WEB_SECRET": SECRET[:20]})
     result = short.invoke(app, ["web", "--config", str(config)])
     assert result.exit_code == 1 and "fewer than 32" in result.output
-    served = runner.invoke(app, ["serve", "--config", str(config)])
+    # serve checks every configuration file first (it also runs the flows): a complete folder.
+    served = runner.invoke(app, ["serve", "--config", str(DEFAULT_CONFIG_DIR)])
     assert served.exit_code == 1
     assert "[E070]" in served.output and "feedback serve --no-web" in served.output
 
