@@ -7,9 +7,14 @@ construction:
 * ``stage_results`` records which records each stage version has saved, chunk by chunk, so a run
   only saves what is missing (or everything in scope with ``reanalyze``) and a crashed run is
   completed by running again;
-* ``run-stage`` tasks are cached by Prefect per chunk, on the stage's name and version, the
-  versions of the stages before it and the ids and text hashes of the chunk's records (never the
-  run id), so a second identical run finds them ``Cached`` and recomputes nothing;
+* the per-record stages (sentiment, aspects, topics) run as ``analyse-chunk`` tasks, in this
+  process or on a Dask cluster (``executor`` in pipeline.yaml); a task reads its records by id,
+  saves what is missing and returns only counts (no result is persisted: Prefect's result
+  storage never holds records); a chunk lost with its worker is retried;
+* the other stages' ``run-stage`` tasks are cached by Prefect per chunk, on the stage's name
+  and version, the versions of the stages before it and the ids and text hashes of the chunk's
+  records (never the run id), so a second identical run finds them ``Cached`` and recomputes
+  nothing;
 * stages save with upserts keyed by record and version, alerts are queued idempotently.
 """
 
@@ -18,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +38,11 @@ from prefect.context import TaskRunContext
 from pipelines._errors import FeedbackError
 from pipelines.analysis import (
     AnalysisResult,
-    analyse_in_chunks,
+    ChunkCounts,
+    ChunkPlan,
+    MapChunks,
+    analyse_chunk,
+    analyse_with_chunk_tasks,
     load_run_records,
     save_results,
 )
@@ -41,6 +50,7 @@ from pipelines.delivery.alerts import DeliveryBacklog
 from pipelines.delivery.failure_mail import RunFailure, error_code, mail_failure, rerun_command
 from pipelines.ingest import SourceCounts, ingest_source
 from pipelines.ingest.sources import Source
+from pipelines.settings import ExecutorSettings
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import (
     LockHolder,
@@ -58,6 +68,7 @@ __all__ = [
     "FailureMail",
     "RunSummary",
     "analyse",
+    "analyse_chunk_task",
     "load_run_records",
     "log_lock_wait",
     "open_store",
@@ -415,6 +426,97 @@ def _save_stage_step(stage: Stage, batch: pd.DataFrame, context: StageContext) -
     return save_stage.with_options(task_run_name=f"save-{stage.name}")(stage, batch, context)
 
 
+@task(
+    name="analyse-chunk",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=2,
+)
+def analyse_chunk_task(
+    plan: ChunkPlan, ids: list[str], stages: Sequence[Stage] | None = None
+) -> ChunkCounts:
+    """Prefect task around ``analyse_chunk``: the per-record stages on one chunk of records.
+
+    Args:
+        plan: The run's plan (database, stage names, options).
+        ids: The chunk's record ids.
+        stages: The flow's stage objects when run in its process; None on a Dask worker,
+            which builds them once per process.
+
+    Returns:
+        The chunk's counts.
+    """
+    return analyse_chunk(plan, ids, open_store(plan.db_url), stages)
+
+
+def _map_in_process(
+    plan: ChunkPlan, chunks: Iterable[list[str]], stages: Sequence[Stage]
+) -> Iterator[ChunkCounts]:
+    for number, ids in enumerate(chunks, start=1):
+        yield analyse_chunk_task.with_options(task_run_name=f"analyse-chunk-{number}")(
+            plan, ids, stages
+        )
+
+
+@contextmanager
+def _chunk_mapper(executor: ExecutorSettings) -> Iterator[MapChunks]:
+    """The executor's way of running chunk tasks; a Dask cluster is reached (or started) only
+    when a run has chunks to analyse, and a temporary one is closed with the run."""
+    if executor.kind == "local":
+        yield _map_in_process
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if executor.address is not None:
+        runner = DaskTaskRunner(address=executor.address)
+    else:
+        runner = DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": executor.n_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+            }
+        )
+
+    def map_on_dask(
+        plan: ChunkPlan, chunks: Iterable[list[str]], stages: Sequence[Stage]
+    ) -> Iterator[ChunkCounts]:
+        try:
+            runner.client  # noqa: B018 - connects, or starts the temporary cluster
+        except (OSError, TimeoutError) as exc:
+            raise FeedbackError(
+                f"cannot reach the Dask scheduler at {executor.address}: {exc}. Start it "
+                "(`dask scheduler`, then `dask worker <address>` on each machine) or set "
+                "executor.kind: local in pipeline.yaml.",
+                code="E105",
+            ) from None
+        futures = [
+            runner.submit(
+                analyse_chunk_task.with_options(task_run_name=f"analyse-chunk-{number}"),
+                parameters={"plan": plan, "ids": ids},
+            )
+            for number, ids in enumerate(chunks, start=1)
+        ]
+        for future in futures:
+            try:
+                yield future.result()
+            except FeedbackError:
+                raise
+            except Exception as exc:
+                raise FeedbackError(
+                    f"an analysis chunk failed on the Dask cluster ({type(exc).__name__}: "
+                    f"{exc}); its retries are spent. Saved chunks stay saved: run again to "
+                    "finish (check the workers' logs and memory).",
+                    code="E106",
+                ) from exc
+
+    with runner:
+        yield map_on_dask
+
+
 def analyse(
     scope: RecordScope,
     stages: Sequence[Stage],
@@ -423,35 +525,43 @@ def analyse(
     chunk_size: int,
     reanalyze: bool = False,
     lock: RunLock | None = None,
+    executor: ExecutorSettings | None = None,
+    config_dir: str | None = None,
 ) -> AnalysisResult:
-    """Analyse the records in ``scope`` chunk by chunk (``analyse_in_chunks``) as Prefect tasks.
+    """Analyse the records in ``scope`` (``analyse_with_chunk_tasks``) as Prefect tasks.
 
-    Each stage of each chunk is a ``run-stage`` task (cached) and a ``save-stage`` task. Fills
+    The per-record stages run as ``analyse-chunk`` tasks on the executor; each other stage of
+    each chunk is a ``run-stage`` task (cached) and a ``save-stage`` task. Fills
     ``summary.stage_rows``, ``model_versions``, ``analysed``, ``cached_stages``, ``languages``
     and ``channels``; with nothing to do no task runs.
 
     Args:
         scope: The records (``run_scope``, ``range_scope``).
-        stages: Stages to run, in order.
+        stages: Stages to run, in order (built from ``config_dir``).
         context: Store, run id and options.
         summary: The run's summary, updated in place.
         chunk_size: Records analysed and saved at a time (``analysis_chunk_size``).
         reanalyze: Save every record again with the current versions (see ``records_to_save``).
         lock: The run lock, renewed after every step.
+        executor: Where chunk tasks run (default: in this process).
+        config_dir: Configuration folder, for Dask workers that build their own stages.
 
     Returns:
         What the analysis did (``in_scope`` counts the records in scope).
     """
-    result = analyse_in_chunks(
-        scope,
-        stages,
-        context,
-        chunk_size,
-        reanalyze=reanalyze,
-        run_step=_run_stage_step,
-        save_step=_save_stage_step,
-        after_step=lock.renew if lock is not None else None,
-    )
+    with _chunk_mapper(executor or ExecutorSettings()) as map_chunks:
+        result = analyse_with_chunk_tasks(
+            scope,
+            stages,
+            context,
+            chunk_size,
+            map_chunks,
+            config_dir=config_dir,
+            reanalyze=reanalyze,
+            run_step=_run_stage_step,
+            save_step=_save_stage_step,
+            after_step=lock.renew if lock is not None else None,
+        )
     summary.analysed = result.analysed
     summary.stage_rows = result.stage_rows
     summary.model_versions = result.model_versions

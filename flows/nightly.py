@@ -143,7 +143,14 @@ def nightly(
                 store=store, run_id=run_id, options={"resend_alerts": resend_alerts}
             )
             analyse(
-                scope, analysis_stages, context, summary, settings.analysis_chunk_size, lock=lock
+                scope,
+                analysis_stages,
+                context,
+                summary,
+                settings.analysis_chunk_size,
+                lock=lock,
+                executor=settings.executor,
+                config_dir=config_dir,
             )
             # Digests the watch flow queued, and alerts an SMTP outage left, go out even on a
             # night without new records (deliver_pending sends nothing twice).

@@ -170,6 +170,8 @@ def rerun(
                 settings.analysis_chunk_size,
                 reanalyze=reanalyze,
                 lock=lock,
+                executor=settings.executor,
+                config_dir=config_dir,
             )
             alert_stages = [stage for stage in analysis_stages if isinstance(stage, AlertStage)]
             if resend_alerts and not alert_stages:

@@ -3,21 +3,67 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines._errors import ConfigError
 from pipelines.config import config_path, load_yaml_model
 
 __all__ = [
+    "ExecutorSettings",
     "PipelineSettings",
     "beside_database",
     "load_settings",
     "outbox_dir_for",
     "reports_dir_for",
 ]
+
+
+_SCHEDULER_ADDRESS = re.compile(
+    r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})"
+)
+
+
+class ExecutorSettings(BaseModel):
+    """Where the analysis chunk tasks run (``executor`` in ``pipeline.yaml``).
+
+    Attributes:
+        kind: ``local``: in the flow's process, one chunk after another; ``dask``: as Prefect
+            tasks on a Dask cluster (``prefect_dask.DaskTaskRunner``).
+        address: With ``dask``, an existing scheduler, ``tcp://host:port`` (workers on several
+            machines, see README "Scaling out"); None starts a temporary ``LocalCluster`` of
+            ``n_workers`` processes on this machine for the run.
+        n_workers: Worker processes of the temporary ``LocalCluster`` (one thread each).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = None
+    n_workers: int = Field(default=2, ge=1, le=256)
+
+    @field_validator("address")
+    @classmethod
+    def _tcp_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        match = _SCHEDULER_ADDRESS.fullmatch(value)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(
+                "must be a Dask scheduler address tcp://host:port, e.g. tcp://10.0.0.5:8786 "
+                "(or null for a temporary local cluster)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> ExecutorSettings:
+        if self.kind == "local" and self.address is not None:
+            raise ValueError("address is used only with kind: dask; remove it or set kind: dask")
+        return self
 
 
 class PipelineSettings(BaseModel):
@@ -35,6 +81,7 @@ class PipelineSettings(BaseModel):
             database (``reports_dir_for``).
         failure_mail_to: Who gets a mail when a nightly or rerun run fails or crashes (the
             data team); same SMTP settings as the alerts.
+        executor: Where the analysis chunk tasks run (local, or a Dask cluster).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +93,7 @@ class PipelineSettings(BaseModel):
     outbox_dir: Path = Path("outbox")
     reports_dir: Path = Path("reports")
     failure_mail_to: list[str] = Field(default_factory=list)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @field_validator("failure_mail_to")
     @classmethod

@@ -19,7 +19,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from pipelines.storage import Store
 
-__all__ = ["Stage", "StageContext"]
+__all__ = ["Stage", "StageContext", "stored_version_rows"]
 
 
 @dataclass
@@ -45,6 +45,10 @@ class Stage(ABC):
     """
 
     name: ClassVar[str]
+    per_record: ClassVar[bool] = False
+    """A record's results depend only on the record and the run's prepared model (not on other
+    records of the run), so chunks may run in any order, in parallel, on other machines; such a
+    stage implements ``restore``."""
 
     @classmethod
     def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> Self:
@@ -88,3 +92,34 @@ class Stage(ABC):
     def save(self, batch: pd.DataFrame, context: StageContext) -> int:
         """Persist this stage's columns of ``batch``; returns the number of rows written."""
         return 0
+
+    def restore(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Return ``batch`` with this stage's columns read back from its stored results (the
+        current version's, else the newest), for the stages after it (``per_record`` stages).
+
+        Args:
+            batch: Records whose results this stage saved.
+            context: Store, run id and options.
+
+        Returns:
+            The batch with the stage's columns.
+        """
+        raise NotImplementedError(f"stage {self.name} cannot restore its results")
+
+
+def stored_version_rows(rows: pd.DataFrame, version: str) -> pd.DataFrame:
+    """Per record, its stored rows of ``version`` when there are any, else those of the version
+    it was saved with last (for ``Stage.restore``).
+
+    Args:
+        rows: Stored results with columns ``record_id``, ``model_version``, ``created_at``.
+        version: The stage's current version.
+
+    Returns:
+        The chosen rows.
+    """
+    if rows.empty:
+        return rows
+    ranked = rows.assign(_current=rows["model_version"] == version)
+    chosen = ranked.sort_values(["_current", "created_at"]).groupby("record_id").tail(1)
+    return rows.merge(chosen[["record_id", "model_version"]], on=["record_id", "model_version"])

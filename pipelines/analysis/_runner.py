@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -43,11 +43,13 @@ __all__ = [
     "analyse_in_chunks",
     "iter_chunks",
     "load_run_records",
+    "prepare_stages",
     "range_scope",
     "records_to_save",
     "run_scope",
     "save_results",
     "scoped_ids",
+    "with_as_of",
 ]
 
 RunStep = Callable[[Stage, pd.DataFrame, StageContext, tuple[str, ...]], tuple[pd.DataFrame, bool]]
@@ -155,7 +157,69 @@ def _run_directly(
     return stage.run(batch, context), False
 
 
-def _with_as_of(store: Store, scope: RecordScope, context: StageContext) -> StageContext:
+def _run_stages(
+    stages: Sequence[Stage],
+    batch: pd.DataFrame,
+    needed: dict[str, set[str]],
+    context: StageContext,
+    result: AnalysisResult,
+    computed: set[str],
+    run_step: RunStep,
+    save_step: SaveStep,
+    after_step: Callable[[], Any] | None,
+    restored: Collection[str] = (),
+) -> None:
+    """Run (or restore) every stage on one chunk's ``batch`` and save each stage's share."""
+    store = context.store
+    upstream: list[str] = []
+    for stage in stages:
+        started = time.perf_counter()
+        if stage.name in restored:
+            batch = stage.restore(batch, context)
+        else:
+            batch, cached = run_step(stage, batch, context, tuple(upstream))
+            if not cached:
+                computed.add(stage.name)
+            to_save = batch[batch["id"].isin(needed[stage.name])]
+            if not to_save.empty:
+                ids = [str(record_id) for record_id in to_save["id"]]
+                seen = len(saved_record_ids(store, stage.name, None, ids))
+                result.stage_reanalysed[stage.name] = (
+                    result.stage_reanalysed.get(stage.name, 0) + seen
+                )
+                result.stage_new[stage.name] = result.stage_new.get(stage.name, 0) + len(ids) - seen
+                result.stage_rows[stage.name] += save_step(stage, to_save, context)
+        result.stage_seconds[stage.name] = round(
+            result.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started, 3
+        )
+        # A stage may settle its version while running (topics: the model it fitted or loaded).
+        result.model_versions[stage.name] = stage.version
+        upstream.append(f"{stage.name}={stage.version}")
+        if after_step is not None:
+            after_step()
+
+
+def prepare_stages(stages: Sequence[Stage], context: StageContext) -> None:
+    """Run every stage's ``prepare`` for ``context.run_id``, once per run and stage object.
+
+    Chunk tasks of one run in one process (and the flow before them) share the preparation:
+    topics fit (and store) their model once, the chunk tasks load it.
+
+    Args:
+        stages: The stages.
+        context: Store, run id and options (``as_of``).
+    """
+    for stage in stages:
+        if _PREPARED.get(id(stage)) != context.run_id:
+            stage.prepare(context)
+            _PREPARED[id(stage)] = context.run_id
+
+
+_PREPARED: dict[int, str] = {}
+"""``id(stage)`` -> the run it was last prepared for."""
+
+
+def with_as_of(store: Store, scope: RecordScope, context: StageContext) -> StageContext:
     """``context`` with option ``as_of`` (newest ``created_at`` in scope) unless already given."""
     if context.options.get("as_of") is not None:
         return context
@@ -172,6 +236,7 @@ def analyse_in_chunks(
     run_step: RunStep = _run_directly,
     save_step: SaveStep = save_results,
     after_step: Callable[[], Any] | None = None,
+    restored: Collection[str] = (),
 ) -> AnalysisResult:
     """Run the stages over the records in ``scope`` that need them, chunk by chunk, and save.
 
@@ -187,6 +252,8 @@ def analyse_in_chunks(
         run_step: Runs a stage on a chunk (default: ``stage.run``; flows pass a cached task).
         save_step: Saves a stage's share of a chunk (default: ``save_results``).
         after_step: Called after every stage of every chunk (e.g. to renew the run lock).
+        restored: Names of ``per_record`` stages whose results chunk tasks already saved:
+            their columns are read back (``Stage.restore``), not computed or saved again.
 
     Returns:
         Counts, versions and cache hits.
@@ -209,37 +276,25 @@ def analyse_in_chunks(
         if not work_ids:
             continue
         if not prepared:
-            context = _with_as_of(store, scope, context)
-            for stage in stages:
-                stage.prepare(context)
+            context = with_as_of(store, scope, context)
+            prepare_stages(stages, context)
             prepared = True
         batch = records[records["id"].isin(work_ids)]
         del records
         result.analysed += len(batch)
         result.chunks += 1
-        upstream: list[str] = []
-        for stage in stages:
-            started = time.perf_counter()
-            batch, cached = run_step(stage, batch, context, tuple(upstream))
-            # A stage may settle its version while running (topics: the model it fitted or loaded).
-            result.model_versions[stage.name] = stage.version
-            if not cached:
-                computed.add(stage.name)
-            to_save = batch[batch["id"].isin(needed[stage.name])]
-            if not to_save.empty:
-                ids = [str(record_id) for record_id in to_save["id"]]
-                seen = len(saved_record_ids(store, stage.name, None, ids))
-                result.stage_reanalysed[stage.name] = (
-                    result.stage_reanalysed.get(stage.name, 0) + seen
-                )
-                result.stage_new[stage.name] = result.stage_new.get(stage.name, 0) + len(ids) - seen
-                result.stage_rows[stage.name] += save_step(stage, to_save, context)
-            result.stage_seconds[stage.name] = round(
-                result.stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started, 3
-            )
-            upstream.append(f"{stage.name}={stage.version}")
-            if after_step is not None:
-                after_step()
+        _run_stages(
+            stages,
+            batch,
+            needed,
+            context,
+            result,
+            computed,
+            run_step,
+            save_step,
+            after_step,
+            restored,
+        )
     if result.chunks:
         result.cached_stages = [stage.name for stage in stages if stage.name not in computed]
     result.languages = dict(languages)

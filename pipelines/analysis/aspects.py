@@ -41,8 +41,8 @@ from safetensors.numpy import load_file, save_file
 from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder
 from pipelines.config import config_path, load_yaml_model
-from pipelines.stages import Stage, StageContext
-from pipelines.storage import schema
+from pipelines.stages import Stage, StageContext, stored_version_rows
+from pipelines.storage import schema, stored_aspect_rows
 from pipelines.text import split_sentences
 
 __all__ = [
@@ -557,6 +557,7 @@ class AspectStage(Stage):
     """
 
     name = "aspects"
+    per_record = True
 
     def __init__(
         self,
@@ -638,3 +639,29 @@ class AspectStage(Stage):
         ]
         context.store.upsert(schema.aspects, rows)
         return len(rows)
+
+    def restore(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Add the stored ``aspects`` (``evidence`` is not stored: None; see ``Stage.restore``).
+
+        Args:
+            batch: Records (``id``).
+            context: Run context.
+
+        Returns:
+            The batch with ``aspects``, highest score first.
+        """
+        result = batch.copy()
+        ids = [str(record_id) for record_id in result["id"]]
+        rows = stored_version_rows(stored_aspect_rows(context.store, ids), self.version)
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in rows.sort_values(["score", "aspect"], ascending=[False, True]).itertuples():
+            found.setdefault(row.record_id, []).append(
+                {
+                    "aspect": row.aspect,
+                    "polarity": row.polarity,
+                    "score": float(row.score),
+                    "evidence": None,
+                }
+            )
+        result["aspects"] = [found.get(record_id, []) for record_id in ids]
+        return result

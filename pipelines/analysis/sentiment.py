@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder, shared_encoder
 from pipelines.config import config_path, load_yaml_model
-from pipelines.stages import Stage, StageContext
-from pipelines.storage import schema
+from pipelines.stages import Stage, StageContext, stored_version_rows
+from pipelines.storage import schema, stored_sentiment_rows
 from pipelines.text import split_sentences
 
 if TYPE_CHECKING:
@@ -471,6 +471,7 @@ class SentimentStage(Stage):
     """
 
     name = "sentiment"
+    per_record = True
 
     def __init__(
         self, backend: SentimentBackend, sentences: SentencesSettings | None = None
@@ -619,6 +620,30 @@ class SentimentStage(Stage):
         ]
         context.store.upsert(schema.sentiment, rows)
         return len(rows)
+
+    def restore(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Add the stored ``sentiment``, ``sentiment_scores``, ``sentences`` and
+        ``model_version`` (see ``Stage.restore``; embeddings are not restored).
+
+        Args:
+            batch: Records (``id``).
+            context: Run context.
+
+        Returns:
+            The batch with the sentiment columns.
+        """
+        result = batch.copy()
+        ids = [str(record_id) for record_id in result["id"]]
+        rows = stored_version_rows(stored_sentiment_rows(context.store, ids), self.version)
+        by_id = {row["record_id"]: row for row in rows.to_dict("records")}
+        found = [by_id.get(record_id) for record_id in ids]
+        result["sentiment"] = [row["label"] if row else None for row in found]
+        result["sentiment_scores"] = [
+            {label: float(row[label]) for label in LABELS} if row else None for row in found
+        ]
+        result["sentences"] = [(row["sentences"] or []) if row else [] for row in found]
+        result["model_version"] = [row["model_version"] if row else None for row in found]
+        return result
 
 
 def _sentence_entry(text: str, proba: np.ndarray) -> dict[str, Any]:

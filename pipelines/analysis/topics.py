@@ -35,11 +35,12 @@ from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder
 from pipelines.analysis.aspects import normalize_polarity
 from pipelines.config import config_path, load_yaml_model
-from pipelines.stages import Stage, StageContext
+from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import (
     Store,
     latest_topic_model_row,
     schema,
+    stored_topic_rows,
     topic_exists,
     topic_label_map,
     topic_members,
@@ -598,6 +599,7 @@ class TopicStage(Stage):
     """
 
     name = "topics"
+    per_record = True
 
     def __init__(
         self,
@@ -669,6 +671,10 @@ class TopicStage(Stage):
         """
         embedder = self.embedder or TextEmbedder(store=context.store)
         self._settle_model(pd.DataFrame(columns=["id", "text", "lang"]), None, embedder, context)
+        if self._fitted_now and self.model is not None:
+            # Stored before any chunk runs: chunk tasks in other processes load this model.
+            save_topic_model(context.store, self.model)
+            self._fitted_now = False
         self._prepared_for = context.run_id
 
     def run(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
@@ -740,6 +746,40 @@ class TopicStage(Stage):
         ]
         context.store.upsert(schema.record_topics, rows)
         return len(rows)
+
+    def restore(self, batch: pd.DataFrame, context: StageContext) -> pd.DataFrame:
+        """Add the stored ``topic`` and ``topic_similarity`` (see ``Stage.restore``); labels
+        and keywords as ``run`` gives them, from the run's model.
+
+        Args:
+            batch: Records (``id``).
+            context: Run context (the stage is prepared for its run).
+
+        Returns:
+            The batch with ``topic`` and ``topic_similarity``.
+        """
+        result = batch.copy()
+        ids = [str(record_id) for record_id in result["id"]]
+        rows = stored_version_rows(stored_topic_rows(context.store, ids), self.version)
+        found = {row.record_id: row for row in rows.itertuples()}
+        model = self.model
+        labels = topic_labels(context.store) if model is not None else {}
+        topics, similarities = [], []
+        for record_id in ids:
+            row = found.get(record_id)
+            topic_id = int(row.topic_id) if row is not None else UNASSIGNED
+            topics.append(
+                {
+                    "id": topic_id,
+                    "label": labels.get(topic_id)
+                    or (model.auto_label(topic_id) if model else UNASSIGNED_LABEL),
+                    "keywords": model.keywords.get(topic_id, []) if model else [],
+                }
+            )
+            similarities.append(float(row.similarity) if row is not None else 0.0)
+        result["topic"] = topics
+        result["topic_similarity"] = similarities
+        return result
 
 
 def list_topics(store: Store, examples: int = 3) -> pd.DataFrame:

@@ -48,6 +48,13 @@ from pipelines.storage._analysis_queries import (
     window_records,
     window_results,
 )
+from pipelines.storage._chunk_queries import (
+    records_by_ids,
+    scoped_id_chunks,
+    stored_aspect_rows,
+    stored_sentiment_rows,
+    stored_topic_rows,
+)
 from pipelines.storage._connect import DatabaseUnavailable
 from pipelines.storage._export import analysed_records
 from pipelines.storage._ingest_queries import quarantine_summary, recent_records
@@ -200,6 +207,7 @@ __all__ = [
     "record_sentiments",
     "record_topic_assignments",
     "record_totals",
+    "records_by_ids",
     "register_model",
     "release_stale_claims",
     "resolve_alerts",
@@ -210,11 +218,15 @@ __all__ = [
     "run_scope",
     "saved_record_ids",
     "schema",
+    "scoped_id_chunks",
     "scoped_ids",
     "sent_alerts_of_records",
     "settle_deliveries",
     "similar_records",
     "start_run",
+    "stored_aspect_rows",
+    "stored_sentiment_rows",
+    "stored_topic_rows",
     "stored_topics",
     "topic_exists",
     "topic_label_map",

@@ -1,0 +1,136 @@
+"""Queries of chunked analysis: a scope's ids page by page, a chunk's records by id, and the
+per-record stages' stored results, read back for the stages that run after them.
+
+Chunk tasks (possibly on other machines) receive record ids, never records: each task reads its
+own records, so what travels between processes stays small and holds no personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import ColumnElement, and_, or_, select, true
+
+from pipelines.storage import schema
+from pipelines.storage._analysis_queries import _analysed_columns, _condition
+from pipelines.storage._report_queries import _frame_of_records
+from pipelines.storage._store import Store
+
+__all__ = [
+    "records_by_ids",
+    "scoped_id_chunks",
+    "stored_aspect_rows",
+    "stored_sentiment_rows",
+    "stored_topic_rows",
+]
+
+
+def scoped_id_chunks(store: Store, scope: Any, chunk_size: int) -> Iterator[list[str]]:
+    """The ids of the records in ``scope`` (duplicates excluded), oldest first, in chunks.
+
+    Same order and chunks as ``iter_chunks``; each page uses a fresh connection.
+
+    Args:
+        store: The database.
+        scope: ``run_scope``, ``range_scope``.
+        chunk_size: Ids per chunk.
+
+    Yields:
+        Lists of record ids.
+    """
+    table = schema.feedback
+    query = (
+        select(table.c.id, table.c.created_at)
+        .where(_condition(scope))
+        .order_by(table.c.created_at, table.c.id)
+        .limit(chunk_size)
+    )
+    after: ColumnElement[bool] = true()
+    while True:
+        with store.engine.connect() as connection:
+            rows = connection.execute(query.where(after)).all()
+        if not rows:
+            return
+        yield [str(row[0]) for row in rows]
+        if len(rows) < chunk_size:
+            return
+        last_id, last_time = rows[-1]
+        after = or_(
+            table.c.created_at > last_time,
+            and_(table.c.created_at == last_time, table.c.id > last_id),
+        )
+
+
+def records_by_ids(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+    """The ``feedback`` rows (without ``raw``) of ``ids``, oldest first.
+
+    Args:
+        store: The database.
+        ids: Record ids.
+
+    Returns:
+        One row per stored id.
+    """
+    table = schema.feedback
+    frame = _frame_of_records(store, select(*_analysed_columns()), table.c.id, ids)
+    if frame.empty:
+        return pd.DataFrame(columns=[column.name for column in _analysed_columns()])
+    return frame.sort_values(["created_at", "id"], ignore_index=True)
+
+
+def stored_sentiment_rows(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+    """Every stored ``sentiment`` row of ``ids`` (all model versions).
+
+    Returns:
+        Columns ``record_id, model_version, label, negative, neutral, positive, sentences,
+        created_at``.
+    """
+    table = schema.sentiment
+    query = select(
+        table.c.record_id,
+        table.c.model_version,
+        table.c.label,
+        table.c.negative,
+        table.c.neutral,
+        table.c.positive,
+        table.c.sentences,
+        table.c.created_at,
+    )
+    return _frame_of_records(store, query, table.c.record_id, ids)
+
+
+def stored_aspect_rows(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+    """Every stored ``aspects`` row of ``ids`` (all model versions).
+
+    Returns:
+        Columns ``record_id, aspect, model_version, polarity, score, created_at``.
+    """
+    table = schema.aspects
+    query = select(
+        table.c.record_id,
+        table.c.aspect,
+        table.c.model_version,
+        table.c.polarity,
+        table.c.score,
+        table.c.created_at,
+    )
+    return _frame_of_records(store, query, table.c.record_id, ids)
+
+
+def stored_topic_rows(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+    """Every stored ``record_topics`` row of ``ids`` (all model versions).
+
+    Returns:
+        Columns ``record_id, model_version, topic_id, similarity, created_at``.
+    """
+    table = schema.record_topics
+    query = select(
+        table.c.record_id,
+        table.c.model_version,
+        table.c.topic_id,
+        table.c.similarity,
+        table.c.created_at,
+    )
+    return _frame_of_records(store, query, table.c.record_id, ids)

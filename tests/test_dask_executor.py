@@ -1,0 +1,230 @@
+"""The nightly flow on a Dask cluster (``executor: {kind: dask}``): same results as a local run,
+and a worker killed mid-run loses and duplicates nothing.
+
+Real components: Prefect's engine with ``prefect_dask.DaskTaskRunner``, a ``distributed``
+``LocalCluster`` of worker processes, the real encoder and stages, DuckDB and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from flows.nightly import nightly
+from pipelines._errors import ConfigError
+from pipelines.config import DEFAULT_CONFIG_DIR
+from pipelines.settings import load_settings
+from pipelines.storage import Store, schema
+from tests.conftest import PG_URL_ENV, _fresh_pg_database
+
+# Two demo sources, ~180 records in 3 chunks: every stage has work, alerts included.
+SOURCES = ["store_reviews", "social_posts"]
+CHUNK_SIZE = 64
+
+
+def _config(folder: Path, executor: dict[str, Any]) -> Path:
+    """The embedded configuration, demo data, small chunks, this executor, own outbox."""
+    shutil.copytree(DEFAULT_CONFIG_DIR, folder)
+    sources = (DEFAULT_CONFIG_DIR / "sources.yaml").read_text(encoding="utf-8")
+    (folder / "sources.yaml").write_text(
+        sources.replace("data_dir: ../demo", f"data_dir: {DEFAULT_CONFIG_DIR.parent / 'demo'}"),
+        encoding="utf-8",
+    )
+    settings = yaml.safe_load((DEFAULT_CONFIG_DIR / "pipeline.yaml").read_text(encoding="utf-8"))
+    settings.update(
+        analysis_chunk_size=CHUNK_SIZE,
+        executor=executor,
+        outbox_dir=str(folder / "outbox"),
+        reports_dir=str(folder / "reports"),
+    )
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return folder
+
+
+def _other_database(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second empty database on the same backend as ``db_url``."""
+    if "://" not in db_url:
+        yield str(tmp_path / "local.duckdb")
+        return
+    yield from _fresh_pg_database(os.environ[PG_URL_ENV])
+
+
+def _results(db: str) -> dict[str, Any]:
+    """What the analysis stored, record by record (ids are content hashes: same across runs)."""
+    with Store(db) as store, store.engine.connect() as connection:
+
+        def rows(*columns: Any) -> list[tuple[Any, ...]]:
+            return sorted(tuple(row) for row in connection.execute(select(*columns)).all())
+
+        sentiment, aspects, flags = schema.sentiment, schema.aspects, schema.flags
+        topics, alerts = schema.record_topics, schema.alerts
+        return {
+            "sentiment": [
+                (r, label, round(n, 4), round(p, 4))
+                for r, label, n, p in rows(
+                    sentiment.c.record_id,
+                    sentiment.c.label,
+                    sentiment.c.negative,
+                    sentiment.c.positive,
+                )
+            ],
+            "aspects": [
+                (r, a, pol, round(score, 3))
+                for r, a, pol, score in rows(
+                    aspects.c.record_id, aspects.c.aspect, aspects.c.polarity, aspects.c.score
+                )
+            ],
+            "topics": rows(topics.c.record_id, topics.c.topic_id),
+            "flags": rows(flags.c.record_id, flags.c.flagged, flags.c.priority, flags.c.points),
+            "reasons": rows(flags.c.record_id, flags.c.reasons),
+            "alerts": rows(alerts.c.record_id, alerts.c.route, alerts.c.kind, alerts.c.priority),
+            "ledger": rows(schema.stage_results.c.record_id, schema.stage_results.c.stage),
+            "records": rows(schema.feedback.c.id),
+        }
+
+
+def _mailed_alert_ids(outbox: Path) -> Counter[str]:
+    """How many times each alert id was mailed (P1 mails and digests)."""
+    mailed: Counter[str] = Counter()
+    for path in outbox.glob("*.eml"):
+        mail = message_from_bytes(path.read_bytes(), policy=default_policy)
+        mailed.update((mail["X-Feedback-Alert-Id"] or mail["X-Feedback-Alert-Ids"]).split())
+    return mailed
+
+
+def _alert_ids(db: str) -> set[str]:
+    with Store(db) as store, store.engine.connect() as connection:
+        return {row[0] for row in connection.execute(select(schema.alerts.c.alert_id))}
+
+
+@pytest.fixture(autouse=True)
+def _no_smtp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEEDBACK_SMTP_HOST", raising=False)
+    monkeypatch.delenv("FEEDBACK_DB_URL", raising=False)
+
+
+def test_two_dask_workers_store_what_a_local_run_stores(
+    prefect_harness: None, tmp_path: Path, db_url: str
+) -> None:
+    local_config = _config(tmp_path / "local", {"kind": "local"})
+    dask_config = _config(tmp_path / "dask", {"kind": "dask", "n_workers": 2})
+
+    distributed = nightly(config_dir=str(dask_config), db=db_url, sources=SOURCES)
+    for local_db in _other_database(db_url, tmp_path):
+        local = nightly(config_dir=str(local_config), db=local_db, sources=SOURCES)
+        expected = _results(local_db)
+
+    got = _results(db_url)
+    assert len(got["records"]) > 2 * CHUNK_SIZE  # several chunk tasks
+    assert expected["alerts"], "the subset must raise alerts"
+    for kind in expected:
+        assert got[kind] == expected[kind], kind
+    assert distributed.stage_rows == local.stage_rows
+    assert distributed.analysed == local.analysed == len(got["records"])
+    assert distributed.model_versions == local.model_versions
+    assert _mailed_alert_ids(dask_config / "outbox") == _mailed_alert_ids(local_config / "outbox")
+
+
+def _kill_a_busy_worker(client: Any, db: str, killed: list[int], stop: threading.Event) -> None:
+    """Once a chunk task has saved something, SIGKILL a worker that is running a chunk."""
+    with Store(db) as store:
+        while not stop.is_set():
+            with store.engine.connect() as connection:
+                saved = connection.execute(
+                    select(func.count()).select_from(schema.stage_results)
+                ).scalar()
+            busy = [address for address, keys in client.processing().items() if keys]
+            if saved and busy:
+                pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.2)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
+    prefect_harness: None, tmp_path: Path, db_url: str
+) -> None:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        config = _config(tmp_path / "dask", {"kind": "dask", "address": cluster.scheduler_address})
+        killed: list[int] = []
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_a_busy_worker, args=(client, db_url, killed, stop))
+        killer.start()
+        try:
+            summary = nightly(config_dir=str(config), db=db_url, sources=SOURCES)
+        finally:
+            stop.set()
+            killer.join()
+
+    assert killed, "no worker was killed while it ran a chunk"
+    got = _results(db_url)
+    records = {row[0] for row in got["records"]}
+    assert summary.analysed == len(records) > 2 * CHUNK_SIZE
+    # Every stage saved every record exactly once (the ledger's key is record, stage, version).
+    per_stage = Counter(stage for _, stage in got["ledger"])
+    assert per_stage == {stage: len(records) for stage in summary.stage_rows}
+    assert {row[0] for row in got["sentiment"]} == records and len(got["sentiment"]) == len(records)
+    assert len(got["flags"]) == len(records) and {row[0] for row in got["topics"]} == records
+    assert summary.stage_rows["sentiment"] == len(records)
+    # Alerts: queued once per record and route, each mailed exactly once.
+    mailed = _mailed_alert_ids(config / "outbox")
+    assert got["alerts"] and set(mailed) == _alert_ids(db_url)
+    assert set(mailed.values()) == {1}
+
+
+def test_executor_settings_fail_closed(tmp_path: Path) -> None:
+    base = yaml.safe_load((DEFAULT_CONFIG_DIR / "pipeline.yaml").read_text(encoding="utf-8"))
+    assert load_settings(None).executor.kind == "local"
+    for executor, fragment in (
+        ({"kind": "spark"}, "executor.kind"),
+        ({"kind": "dask", "address": "10.0.0.5:8786"}, "tcp://host:port"),
+        ({"kind": "dask", "address": "tcp://10.0.0.5"}, "tcp://host:port"),
+        ({"kind": "dask", "address": "tcp://10.0.0.5:99999"}, "tcp://host:port"),
+        ({"kind": "dask", "n_workers": 0}, "n_workers"),
+        ({"kind": "dask", "workers": 2}, "workers"),
+        ({"kind": "local", "address": "tcp://10.0.0.5:8786"}, "kind: dask"),
+    ):
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "pipeline.yaml").write_text(
+            yaml.safe_dump({**base, "executor": executor}), encoding="utf-8"
+        )
+        with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+            load_settings(folder)
+    folder = tmp_path / "good"
+    folder.mkdir()
+    (folder / "pipeline.yaml").write_text(
+        yaml.safe_dump({**base, "executor": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}}),
+        encoding="utf-8",
+    )
+    executor = load_settings(folder).executor
+    assert (executor.kind, executor.address, executor.n_workers) == (
+        "dask",
+        "tcp://10.0.0.5:8786",
+        2,
+    )
