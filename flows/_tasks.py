@@ -477,7 +477,7 @@ def _chunk_mapper(executor: ExecutorSettings) -> Iterator[MapChunks]:
                 "threads_per_worker": 1,
                 "processes": True,
                 "host": "127.0.0.1",
-                "dashboard_address": None,
+                "dashboard_address": "127.0.0.1:0",
             }
         )
 
