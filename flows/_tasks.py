@@ -459,62 +459,59 @@ def _map_in_process(
         )
 
 
-@contextmanager
-def _chunk_mapper(executor: ExecutorSettings) -> Iterator[MapChunks]:
-    """The executor's way of running chunk tasks; a Dask cluster is reached (or started) only
-    when a run has chunks to analyse, and a temporary one is closed with the run."""
+def _chunk_mapper(executor: ExecutorSettings) -> MapChunks:
+    """The executor's way of running chunk tasks. A Dask cluster is reached (or a temporary one
+    started) only when a run has chunks to analyse, and left (or closed) after the last chunk,
+    before the stages that run in the flow."""
     if executor.kind == "local":
-        yield _map_in_process
-        return
+        return _map_in_process
     from prefect_dask import DaskTaskRunner
-
-    if executor.address is not None:
-        runner = DaskTaskRunner(address=executor.address)
-    else:
-        runner = DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": executor.n_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": "127.0.0.1:0",
-            }
-        )
 
     def map_on_dask(
         plan: ChunkPlan, chunks: Iterable[list[str]], stages: Sequence[Stage]
     ) -> Iterator[ChunkCounts]:
-        try:
-            runner.client  # noqa: B018 - connects, or starts the temporary cluster
-        except (OSError, TimeoutError) as exc:
-            raise FeedbackError(
-                f"cannot reach the Dask scheduler at {executor.address}: {exc}. Start it "
-                "(`dask scheduler`, then `dask worker <address>` on each machine) or set "
-                "executor.kind: local in pipeline.yaml.",
-                code="E105",
-            ) from None
-        futures = [
-            runner.submit(
-                analyse_chunk_task.with_options(task_run_name=f"analyse-chunk-{number}"),
-                parameters={"plan": plan, "ids": ids},
+        if executor.address is not None:
+            runner = DaskTaskRunner(address=executor.address)
+        else:
+            runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": executor.n_workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "host": "127.0.0.1",
+                    "dashboard_address": "127.0.0.1:0",
+                }
             )
-            for number, ids in enumerate(chunks, start=1)
-        ]
-        for future in futures:
+        with runner:
             try:
-                yield future.result()
-            except FeedbackError:
-                raise
-            except Exception as exc:
+                runner.client  # noqa: B018 - connects, or starts the temporary cluster
+            except (OSError, TimeoutError) as exc:
                 raise FeedbackError(
-                    f"an analysis chunk failed on the Dask cluster ({type(exc).__name__}: "
-                    f"{exc}); its retries are spent. Saved chunks stay saved: run again to "
-                    "finish (check the workers' logs and memory).",
-                    code="E106",
-                ) from exc
+                    f"cannot reach the Dask scheduler at {executor.address}: {exc}. Start it "
+                    "(`dask scheduler`, then `dask worker <address>` on each machine) or set "
+                    "executor.kind: local in pipeline.yaml.",
+                    code="E105",
+                ) from None
+            futures = [
+                runner.submit(
+                    analyse_chunk_task.with_options(task_run_name=f"analyse-chunk-{number}"),
+                    parameters={"plan": plan, "ids": ids},
+                )
+                for number, ids in enumerate(chunks, start=1)
+            ]
+            for future in futures:
+                try:
+                    counts = future.result()
+                except Exception as exc:
+                    raise FeedbackError(
+                        f"an analysis chunk failed on the Dask cluster ({type(exc).__name__}: "
+                        f"{exc}); its retries are spent. Saved chunks stay saved: run again to "
+                        "finish (check the workers' logs and memory).",
+                        code="E106",
+                    ) from exc
+                yield counts
 
-    with runner:
-        yield map_on_dask
+    return map_on_dask
 
 
 def analyse(
@@ -549,19 +546,18 @@ def analyse(
     Returns:
         What the analysis did (``in_scope`` counts the records in scope).
     """
-    with _chunk_mapper(executor or ExecutorSettings()) as map_chunks:
-        result = analyse_with_chunk_tasks(
-            scope,
-            stages,
-            context,
-            chunk_size,
-            map_chunks,
-            config_dir=config_dir,
-            reanalyze=reanalyze,
-            run_step=_run_stage_step,
-            save_step=_save_stage_step,
-            after_step=lock.renew if lock is not None else None,
-        )
+    result = analyse_with_chunk_tasks(
+        scope,
+        stages,
+        context,
+        chunk_size,
+        _chunk_mapper(executor or ExecutorSettings()),
+        config_dir=config_dir,
+        reanalyze=reanalyze,
+        run_step=_run_stage_step,
+        save_step=_save_stage_step,
+        after_step=lock.renew if lock is not None else None,
+    )
     summary.analysed = result.analysed
     summary.stage_rows = result.stage_rows
     summary.model_versions = result.model_versions
