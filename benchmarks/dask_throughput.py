@@ -76,15 +76,13 @@ def run_once(
     from flows.nightly import nightly
 
     config = _configure(folder, chunk_size, executor, demo)
-    for leftover in ("feedback.duckdb", "feedback.duckdb.wal", "outbox", "reports"):
-        path = folder / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    for leftover in ("outbox", "reports"):
+        shutil.rmtree(folder / leftover, ignore_errors=True)
+    # A new file per run: the flows keep one Store (and its created schema) per URL and process.
+    database = folder / f"run-{len(list(folder.glob('run-*.duckdb')))}.duckdb"
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    summary = nightly(config_dir=str(config))
+    summary = nightly(config_dir=str(config), db=str(database))
     wall = time.perf_counter() - started
     if not demo and summary.analysed != records:
         raise SystemExit(f"analysed {summary.analysed} of {records} records")
