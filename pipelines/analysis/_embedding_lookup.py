@@ -35,19 +35,22 @@ _DIM = 384  # multilingual-e5-small
 
 
 @lru_cache(maxsize=2)
-def shared_encoder(path: str | Path | None = None, dtype: str = "auto") -> Encoder:
-    """The encoder loaded once per process for ``(path, dtype)``, shared by every stage.
+def shared_encoder(
+    path: str | Path | None = None, dtype: str = "auto", engine: str = "auto"
+) -> Encoder:
+    """The encoder loaded once per process for ``(path, dtype, engine)``, shared by every stage.
 
     Args:
-        path: Converted encoder folder; None: the default cache (see ``Encoder.load``).
+        path: Converted encoder folder; None: the default cache (see ``load_encoder``).
         dtype: ``auto``, ``fp32``, ``bf16`` or ``int8``.
+        engine: ``auto``, ``torch`` or ``openvino``.
 
     Returns:
         The loaded encoder.
     """
-    from models.encoder import Encoder
+    from models.encoder import load_encoder
 
-    return Encoder.load(path, dtype=dtype)  # type: ignore[arg-type]
+    return load_encoder(path, dtype=dtype, engine=engine)
 
 
 def _as_vector(value: object) -> np.ndarray | None:

@@ -75,7 +75,16 @@ class E5HeadSettings(BaseModel):
     )
     encoder_path: Path | None = Field(None, description="None: the converted default encoder")
     encoder_dtype: Literal["auto", "fp32", "bf16", "int8"] = "auto"
-    batch_size: int = Field(64, ge=1)
+    engine: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="auto: the fastest engine faithful to fp32 on this CPU"
+    )
+    batch_size: int | None = Field(None, ge=1, description="None: the engine's tuned size")
+
+    @model_validator(mode="after")
+    def _engine_supports_dtype(self) -> E5HeadSettings:
+        if self.engine == "openvino" and self.encoder_dtype == "int8":
+            raise ValueError("engine openvino has no int8 mode; use encoder_dtype auto/fp32/bf16")
+        return self
 
     @property
     def head_path(self) -> Path:
@@ -202,7 +211,7 @@ class E5HeadBackend(SentimentBackend):
     Args:
         encoder: The loaded encoder.
         head: The trained head (its ``encoder_version`` must match the encoder).
-        batch_size: Encoder batch size.
+        batch_size: Encoder batch size; None: the engine's tuned size.
         stack: Optional stacked model over ``head`` (per-language n-gram blend and decision
             shifts); its version is then the model version.
 
@@ -217,7 +226,7 @@ class E5HeadBackend(SentimentBackend):
         self,
         encoder: Encoder,
         head: SentimentHead,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         stack: StackedSentiment | None = None,
     ) -> None:
         if stack is not None and stack.head.version != head.version:
@@ -283,7 +292,7 @@ class E5HeadBackend(SentimentBackend):
 
         head = SentimentHead.load(settings.head_path)
         stack = StackedSentiment.load(_repo_path(settings.stack)) if settings.stack else None
-        encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype)
+        encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype, settings.engine)
         return cls(encoder, head, settings.batch_size, stack)
 
     @property
