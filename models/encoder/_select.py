@@ -50,7 +50,7 @@ _MIN_COSINE = 0.999
 _CHECK_LAYERS = (4, 6, 8, 10, 12)
 _DEFAULT_HEAD = Path(__file__).resolve().parents[1] / "heads" / "sentiment-e5.json"
 _CHOICE_REVISION = 1
-_TIMING_REPEATS = 4
+_TIMING_REPEATS = 3
 CHECK_TEXTS: tuple[str, ...] = (
     "Kargo çok geç geldi ve ürün kırık çıktı, iade istiyorum.",
     "Müşteri hizmetleri çok ilgiliydi, teşekkürler!",
@@ -194,7 +194,7 @@ def _min_block_cosine(left: np.ndarray, right: np.ndarray) -> float:
 def _measure(folder: Path, dtype: str, num_threads: int) -> EngineChoice:
     from models.encoder._openvino import OPENVINO_BATCH_SIZE, load_openvino_encoder
 
-    texts = list(CHECK_TEXTS) * 4
+    texts = list(CHECK_TEXTS) * 3
     head = _head_labels()
     bf16 = cpu_supports_bf16()
     candidates: list[tuple[str, str]] = []
