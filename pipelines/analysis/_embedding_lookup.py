@@ -141,6 +141,48 @@ class TextEmbedder:
             cached.update(fresh)
         return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
 
+    def embed_with(
+        self, texts: Sequence[str], extra: Sequence[str], batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`embed` for ``texts``, plus uncached vectors of ``extra``, in ONE encode.
+
+        The texts not in the store and every distinct extra text (e.g. the documents'
+        sentences) go through a single length-sorted ``Encoder.encode`` call; an extra text equal
+        to a document is encoded once. Only the vectors of ``texts`` are written to the store.
+
+        Args:
+            texts: The texts exactly as analysed (documents).
+            extra: More texts to encode in the same pass (not cached).
+            batch_size: Encoder batch size; None: the engine's tuned size.
+
+        Returns:
+            ``(vectors of texts, vectors of extra)``, each ``(len, dim)`` float32.
+        """
+        from models.encoder import LAST_LAYER
+
+        hashes = [text_hash(text) for text in texts]
+        cached = self._cached(hashes)
+        text_of = dict(zip(hashes, texts, strict=True))
+        missing = [key for key in dict.fromkeys(hashes) if key not in cached]
+        pending = list(dict.fromkeys([*(text_of[key] for key in missing), *extra]))
+        by_text: dict[str, np.ndarray] = {}
+        if pending:
+            vectors = self.encoder.encode(
+                pending,
+                kind="passage",
+                batch_size=batch_size,
+                layers=self.layers if self.layers is not None else (LAST_LAYER,),
+            )
+            by_text = dict(zip(pending, vectors, strict=True))
+        fresh = {key: by_text[text_of[key]] for key in missing}
+        self._save(fresh)
+        cached.update(fresh)
+        empty = np.zeros((0, self.dim), dtype=np.float32)
+        return (
+            np.stack([cached[key] for key in hashes]).astype(np.float32) if texts else empty,
+            np.stack([by_text[text] for text in extra]).astype(np.float32) if extra else empty,
+        )
+
     def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Cache embeddings computed elsewhere (e.g. in a forward pass that pooled more layers).
 
