@@ -34,7 +34,6 @@ _LOOKUP_CHUNK = 1000
 _DIM = 384  # multilingual-e5-small
 
 
-@lru_cache(maxsize=2)
 def shared_encoder(
     path: str | Path | None = None, dtype: str = "auto", engine: str = "auto"
 ) -> Encoder:
@@ -46,8 +45,13 @@ def shared_encoder(
         engine: ``auto``, ``torch`` or ``openvino``.
 
     Returns:
-        The loaded encoder.
+        The loaded encoder (the same object for equal arguments, however they are passed).
     """
+    return _shared_encoder(None if path is None else str(path), dtype, engine)
+
+
+@lru_cache(maxsize=2)
+def _shared_encoder(path: str | None, dtype: str, engine: str) -> Encoder:
     from models.encoder import load_encoder
 
     return load_encoder(path, dtype=dtype, engine=engine)
