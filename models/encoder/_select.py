@@ -2,9 +2,9 @@
 
 ``engine: auto`` picks, per CPU, the fastest candidate that stays faithful to torch fp32 on a
 small built-in multilingual check set: every pooled layer the sentiment head reads keeps cosine
->= 0.999 and the committed sentiment head gives identical labels. Candidates: torch fp32 (the
-reference, always acceptable), torch bf16 and OpenVINO bf16 on CPUs with native bf16 (AMX or
-AVX512-BF16), OpenVINO fp32. The decision is cached in
+>= 0.999 and the committed sentiment head (when trained on this encoder) gives identical labels.
+Candidates: torch fp32 (the reference, always acceptable), torch bf16 and OpenVINO bf16 on CPUs
+with native bf16 (AMX or AVX512-BF16), OpenVINO fp32. The decision is cached in
 ``<cache>/encoders/<version>-engine/<host key>.json``, keyed by CPU model and flags, cores,
 requested dtype and the library versions, so it is measured once per host (about a minute) and
 a later run loads the chosen engine directly, without the bf16 probe.
@@ -31,6 +31,7 @@ from models.encoder._embedder import (
     EncoderDType,
     available_cores,
     cpu_supports_bf16,
+    read_version,
 )
 from pipelines._errors import ConfigError, ModelError
 
@@ -107,7 +108,7 @@ def _validated(engine: str, dtype: str) -> None:
         )
     if engine == "openvino" and dtype == "int8":
         raise ConfigError(
-            "engine openvino has no int8 mode (it flips 7-11% of labels); use encoder_dtype "
+            "engine openvino has no int8 mode (int8 flipped 7-11% of labels); use encoder_dtype "
             "auto, fp32 or bf16, or engine torch",
             code="E101",
         )
@@ -166,13 +167,14 @@ def _write_choice(path: Path, choice: EngineChoice) -> None:
     os.replace(staging, path)
 
 
-def _head_labels() -> tuple[str, object] | None:
+def _head_labels(version: str) -> tuple[str, object] | None:
+    """The committed sentiment head when it was trained on this encoder version."""
     from models.sentiment._head import SentimentHead
 
     if not _DEFAULT_HEAD.is_file():
         return None
     head = SentimentHead.load(_DEFAULT_HEAD)
-    return head.version, head
+    return (head.version, head) if head.metadata.encoder_version == version else None
 
 
 def _timed(encoder: Encoder, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -195,7 +197,7 @@ def _measure(folder: Path, dtype: str, num_threads: int) -> EngineChoice:
     from models.encoder._openvino import OPENVINO_BATCH_SIZE, load_openvino_encoder
 
     texts = list(CHECK_TEXTS) * 3
-    head = _head_labels()
+    head = _head_labels(read_version(folder))
     bf16 = cpu_supports_bf16()
     candidates: list[tuple[str, str]] = []
     if dtype in ("auto", "fp32"):
