@@ -2,7 +2,8 @@
 
 ``tr``, ``fa``, ``ro`` and ``en`` get their own blank spaCy language (tokenizer exceptions and
 stop words); any other code falls back to the multi-language ``xx`` pipeline, which has no
-stop words.
+stop words. spaCy (which imports torch through thinc) is imported on the first pipeline built,
+so importing this module stays cheap for commands that never split text.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import re
 import threading
 from functools import lru_cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import spacy
 from pydantic import AfterValidator
-from spacy.language import Language
 
 from pipelines.ingest.normalize import casefold_for_matching
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -62,6 +64,8 @@ def _pipeline_language(lang: str | None) -> str:
 
 @lru_cache(maxsize=8)
 def _cached_sentencizer(pipeline_lang: str) -> Language:
+    import spacy
+
     nlp = spacy.blank(pipeline_lang)
     nlp.add_pipe("sentencizer")
     return nlp
