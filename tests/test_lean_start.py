@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from flows.cli import app
+from pipelines._errors import SourceError
 from pipelines.analysis._embedding_lookup import (
     TextEmbedder,
     cached_phrase_vectors,
     process_encoder,
     shared_encoder,
 )
+from pipelines.analysis.analyze import iter_feedback_file
 from pipelines.analysis.aspects import AspectDetector, AspectStage
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.config import DEFAULT_CONFIG_DIR
@@ -157,3 +161,26 @@ def test_analyze_does_not_import_prefect(tmp_path: Path) -> None:
 def test_cli_start_imports_no_spacy_torch_or_scipy(tmp_path: Path) -> None:
     seen = _cli_modules(tmp_path, "--help")
     assert not {"prefect", "spacy", "torch", "scipy.optimize"} & set(seen["loaded"])
+
+
+def test_input_is_read_one_chunk_at_a_time(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": str(i), "text": f"text {i}"}) for i in range(2000)]
+    lines[2] = "not json"
+    source.write_bytes("\n".join(lines).encode() + b'\n{"id": "x", "text": "\xff"}\n')
+    chunks = iter_feedback_file(source, 500)
+    frame, bad = next(chunks)  # the invalid byte near the end is not read yet
+    assert len(frame) == 499 and frame["id"].iloc[-1] == "499"
+    assert [(row.line, row.reason) for row in bad] == [(3, "not a JSON object")]
+    with pytest.raises(SourceError, match="not UTF-8"):
+        list(chunks)
+
+
+def test_analyze_refuses_a_bad_file_before_loading_models(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"id": "1", "text": "fine"}\n' * 600 + b'{"id": "2", "text": "\xff"}\n')
+    output = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["analyze", str(source), "-o", str(output)])
+    assert result.exit_code == 1
+    assert "[E010]" in result.output and "not UTF-8" in result.output
+    assert list(tmp_path.iterdir()) == [source]
