@@ -184,3 +184,23 @@ def test_analyze_refuses_a_bad_file_before_loading_models(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert "[E010]" in result.output and "not UTF-8" in result.output
     assert list(tmp_path.iterdir()) == [source]
+
+
+_SPLIT_THEN_TORCH = """
+import sys
+from pipelines.text import split_sentences, tokens
+pieces = split_sentences("Kargo geç geldi. Paket kırıktı!", "tr")
+assert pieces == ["Kargo geç geldi.", "Paket kırıktı!"], pieces
+without_torch = "torch" not in sys.modules
+import torch
+print(without_torch, torch.ones(2).sum().item(), tokens("The parcel was late", "en"))
+"""
+
+
+def test_sentences_are_split_without_importing_torch() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", _SPLIT_THEN_TORCH], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["True", "2.0"]
