@@ -7,7 +7,8 @@ tests/_synthetic_feedback.py. With ``--base FOLDER`` (another checkout, e.g. ``g
 machine load. Peak RSS is the process's own ``ru_maxrss`` from ``os.wait4``. One unmeasured run
 per tree first warms the page cache (and this tree's phrase-embedding cache).
 
-Usage: ``python benchmarks/cold_start.py [--base /tmp/base] [--rounds 5] [--texts 10]``
+Usage: ``python benchmarks/cold_start.py [--base /tmp/base] [--rounds 5] [--texts 10]``; for the
+memory of a large input: ``--texts 50000 --rounds 1 --warmup 0``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="another checkout to compare with")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs per tree first")
     arguments = parser.parse_args()
     trees = {"this tree": REPO_ROOT}
     if arguments.base is not None:
@@ -89,8 +91,9 @@ def main() -> None:
         folder = Path(name)
         source = folder / "in.jsonl"
         write_input(source, arguments.texts)
-        for tree in trees.values():
-            run_once(tree, source, folder / "warm.jsonl")
+        for _ in range(arguments.warmup):
+            for tree in trees.values():
+                run_once(tree, source, folder / "warm.jsonl")
         for round_index in range(arguments.rounds):
             order = list(trees.items())
             if round_index % 2:
