@@ -46,15 +46,16 @@ def analyze_command(
     and sentences), aspects, topic and flags. Optional columns channel, rating, nps,
     author_followers, customer_id and customer_value feed the flagging rules."""
     from feedback_pipeline import Analyzer
-    from pipelines.analysis.analyze import BadRow, read_feedback_file, write_jsonl
+    from pipelines.analysis.analyze import BadRow, count_input_rows, iter_feedback_file, write_jsonl
 
     try:
-        frame, bad_rows = read_feedback_file(input_path)
+        total = count_input_rows(input_path)
         analyzer = Analyzer(config, db)
     except FeedbackError as exc:
         raise _fail(exc) from exc
     output.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    bad_rows: list[BadRow] = []
     progress = Progress(
         TextColumn("analysing"),
         BarColumn(),
@@ -62,15 +63,23 @@ def analyze_command(
         TimeElapsedColumn(),
         console=err_console,
     )
-    with analyzer, progress, output.open("w", encoding="utf-8") as handle:
-        task = progress.add_task("rows", total=len(frame))
-        for start in range(0, len(frame), chunk_size):
-            chunk = frame.iloc[start : start + chunk_size]
-            analysed = analyzer.run(chunk)
-            written += write_jsonl(analysed, handle)
-            for line in analysed.loc[~analysed["analysed"], "line"]:
-                bad_rows.append(BadRow(int(line), "no text left after normalization"))
-            progress.advance(task, len(chunk))
+    # The input is streamed chunk by chunk; the output appears whole or not at all.
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with analyzer, progress, partial.open("w", encoding="utf-8") as handle:
+            task = progress.add_task("rows", total=total)
+            for frame, bad in iter_feedback_file(input_path, chunk_size):
+                bad_rows.extend(bad)
+                if not frame.empty:
+                    analysed = analyzer.run(frame)
+                    written += write_jsonl(analysed, handle)
+                    for line in analysed.loc[~analysed["analysed"], "line"]:
+                        bad_rows.append(BadRow(int(line), "no text left after normalization"))
+                progress.advance(task, len(frame) + len(bad))
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(output)
     for bad in sorted(bad_rows, key=lambda row: row.line)[:_MAX_BAD_ROWS_SHOWN]:
         err_console.print(f"[yellow]row {bad.line} skipped:[/] {bad.reason}", soft_wrap=True)
     if len(bad_rows) > _MAX_BAD_ROWS_SHOWN:

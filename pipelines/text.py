@@ -2,21 +2,25 @@
 
 ``tr``, ``fa``, ``ro`` and ``en`` get their own blank spaCy language (tokenizer exceptions and
 stop words); any other code falls back to the multi-language ``xx`` pipeline, which has no
-stop words.
+stop words. spaCy is imported on the first pipeline built, so importing this module stays cheap
+for commands that never split text, and without torch (see :func:`_import_spacy`).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from functools import lru_cache
-from typing import Annotated
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated
 
-import spacy
 from pydantic import AfterValidator
-from spacy.language import Language
 
 from pipelines.ingest.normalize import casefold_for_matching
+
+if TYPE_CHECKING:
+    from spacy.language import Language
 
 __all__ = [
     "SUPPORTED_LANGUAGES",
@@ -60,9 +64,30 @@ def _pipeline_language(lang: str | None) -> str:
     return lang if lang in SUPPORTED_LANGUAGES else _FALLBACK_LANGUAGE
 
 
+def _import_spacy() -> ModuleType:
+    """spaCy, imported without torch when torch is not loaded yet.
+
+    thinc (under spaCy) imports torch when it is installed, for layers blank pipelines never
+    use: about 180 MB and a second or more on two cores, for a process whose encoder runs on
+    OpenVINO. Marking torch absent while spaCy loads makes thinc record that it has no torch;
+    torch itself stays importable afterwards.
+    """
+    if "spacy" in sys.modules or "torch" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import spacy
+    finally:
+        if sys.modules.get("torch") is None:
+            del sys.modules["torch"]
+    return spacy
+
+
 @lru_cache(maxsize=8)
 def _cached_sentencizer(pipeline_lang: str) -> Language:
-    nlp = spacy.blank(pipeline_lang)
+    nlp = _import_spacy().blank(pipeline_lang)
     nlp.add_pipe("sentencizer")
     return nlp
 

@@ -7,13 +7,21 @@ several encoder layers (what the sentiment head reads) are cached the same way u
 ``<encoder version>@layers-<layers>``.
 
 The encoder is loaded once per process (``shared_encoder``): the stages share it instead of
-holding one copy each (sharing saved about 0.25 GB of a ``feedback run``).
+holding one copy each. A second copy cost about 1 GB and 7.6 s of ``feedback analyze``'s cold
+start (the aspects stage asked with other arguments than the sentiment stage, which a
+``functools.lru_cache`` keyed apart).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,11 +35,37 @@ if TYPE_CHECKING:
     from models.encoder import Encoder
     from pipelines.storage import Store
 
-__all__ = ["EMBEDDING_COLUMN", "TextEmbedder", "shared_encoder"]
+__all__ = [
+    "EMBEDDING_COLUMN",
+    "TextEmbedder",
+    "cached_phrase_vectors",
+    "process_encoder",
+    "shared_encoder",
+]
 
 EMBEDDING_COLUMN = "embedding"
 _LOOKUP_CHUNK = 1000
 _DIM = 384  # multilingual-e5-small
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._@-]")
+_log = logging.getLogger(__name__)
+
+
+_EncoderKey = tuple[str | None, str, str]
+_encoders: dict[_EncoderKey, Encoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def _encoder_key(path: str | Path | None, dtype: str, engine: str) -> _EncoderKey:
+    """``(folder, dtype, engine)`` with the folder resolved, so equal settings spelt apart share
+    a key."""
+    folder = str(Path(path).expanduser().resolve()) if path is not None else None
+    return (folder, dtype, engine)
+
+
+def _load_encoder(path: str | None, dtype: str, engine: str) -> Encoder:
+    from models.encoder import load_encoder
+
+    return load_encoder(path, dtype=dtype, engine=engine)
 
 
 def shared_encoder(
@@ -45,16 +79,28 @@ def shared_encoder(
         engine: ``auto``, ``torch`` or ``openvino``.
 
     Returns:
-        The loaded encoder (the same object for equal arguments, however they are passed).
+        The loaded encoder (the same object for every call with the same settings).
     """
-    return _shared_encoder(None if path is None else str(path), dtype, engine)
+    key = _encoder_key(path, dtype, engine)
+    with _encoders_lock:
+        if key not in _encoders:
+            _encoders[key] = _load_encoder(*key)
+        return _encoders[key]
 
 
-@lru_cache(maxsize=2)
-def _shared_encoder(path: str | None, dtype: str, engine: str) -> Encoder:
-    from models.encoder import load_encoder
+def _last_loaded() -> Encoder | None:
+    with _encoders_lock:
+        return next(reversed(_encoders.values())) if _encoders else None
 
-    return load_encoder(path, dtype=dtype, engine=engine)
+
+def process_encoder() -> Encoder:
+    """The encoder this process loaded last (the one the sentiment stage configured), else the
+    default one: what a stage without encoder settings of its own embeds with.
+
+    Returns:
+        The shared encoder.
+    """
+    return _last_loaded() or shared_encoder()
 
 
 def _as_vector(value: object) -> np.ndarray | None:
@@ -68,7 +114,7 @@ class TextEmbedder:
     """Passage embeddings with the shared encoder, cached in the store.
 
     Args:
-        encoder: A loaded encoder; None uses ``shared_encoder()`` the first time a text has to
+        encoder: A loaded encoder; None uses ``process_encoder()`` the first time a text has to
             be encoded (batches that carry embeddings never load it).
         store: Where the ``embeddings`` cache lives; None disables the cache.
         layers: None for the E5 embedding; else the encoder layers whose pooled vectors are
@@ -89,15 +135,16 @@ class TextEmbedder:
     def encoder(self) -> Encoder:
         """The encoder, loaded on first use."""
         if self._encoder is None:
-            self._encoder = shared_encoder()
+            self._encoder = process_encoder()
         return self._encoder
 
     @property
     def version(self) -> str:
         """The ``model_version`` key in the ``embeddings`` table: the encoder version, with
         ``@layers-...`` appended for multi-layer features."""
-        if self._encoder is not None:
-            encoder = self._encoder.version
+        loaded = self._encoder or _last_loaded()
+        if loaded is not None:
+            encoder = loaded.version
         else:
             from models.encoder import encoder_version
 
@@ -234,3 +281,69 @@ class TextEmbedder:
         if not given:
             return np.zeros((0, _DIM), dtype=np.float32)
         return np.stack(given).astype(np.float32, copy=False)  # type: ignore[arg-type]
+
+
+def _phrases_file(folder: Path, version: str, phrases: Sequence[str]) -> Path:
+    digest = hashlib.sha256(json.dumps(list(phrases), ensure_ascii=False).encode()).hexdigest()
+    return folder / f"{_UNSAFE_IN_NAME.sub('_', version)}-{digest[:32]}.npy"
+
+
+def _read_vectors(file: Path, rows: int, dim: int) -> np.ndarray | None:
+    try:
+        vectors = np.load(file, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return vectors if vectors.shape == (rows, dim) and vectors.dtype == np.float32 else None
+
+
+def _write_atomically(file: Path, vectors: np.ndarray) -> None:
+    """Write ``vectors`` to a temporary file renamed over ``file``: readers never see half."""
+    temporary: Path | None = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as handle:
+            temporary = Path(handle.name)
+            np.save(handle, vectors, allow_pickle=False)
+        os.replace(temporary, file)
+    except OSError as exc:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        _log.warning("phrase embeddings not cached in %s (%s); encoded again next run", file, exc)
+
+
+def cached_phrase_vectors(
+    groups: Sequence[Sequence[str]], embedder: TextEmbedder, folder: Path | None = None
+) -> list[np.ndarray]:
+    """Embeddings of fixed phrase lists (the aspect examples), cached on disk between runs.
+
+    Each list is one ``.npy`` file keyed by the encoder version and a hash of its phrases, written
+    atomically; lists missing from the cache are encoded together in one call.
+
+    Args:
+        groups: Phrase lists, e.g. one per aspect.
+        embedder: Embeds the missing phrases; its ``version`` keys the files.
+        folder: Cache folder; None: ``<$FEEDBACK_CACHE_DIR or ~/.cache/feedback-pipeline>/phrases``.
+
+    Returns:
+        Per list, its ``(len(list), dim)`` float32 unit-norm vectors.
+    """
+    if folder is None:
+        from models.encoder import default_cache_root
+
+        folder = default_cache_root() / "phrases"
+    version = embedder.version
+    files = [_phrases_file(folder, version, phrases) for phrases in groups]
+    found = [
+        _read_vectors(file, len(phrases), embedder.dim)
+        for file, phrases in zip(files, groups, strict=True)
+    ]
+    missing = [index for index, vectors in enumerate(found) if vectors is None]
+    if missing:
+        fresh = embedder.embed([phrase for index in missing for phrase in groups[index]])
+        offset = 0
+        for index in missing:
+            vectors = np.ascontiguousarray(fresh[offset : offset + len(groups[index])])
+            offset += len(groups[index])
+            _write_atomically(files[index], vectors)
+            found[index] = vectors
+    return found  # type: ignore[return-value]

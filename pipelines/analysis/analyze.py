@@ -12,8 +12,10 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +36,8 @@ __all__ = [
     "KNOWN_LANGS",
     "BadRow",
     "analyze_frame",
+    "count_input_rows",
+    "iter_feedback_file",
     "output_record",
     "read_feedback_file",
     "write_jsonl",
@@ -112,6 +116,29 @@ def _jsonl_rows(handle: TextIO) -> Iterator[tuple[int, Any]]:
             yield line, None
 
 
+@contextmanager
+def _file_rows(path: str | os.PathLike[str]) -> Iterator[Iterator[tuple[int, Any]]]:
+    """The file's rows as ``(line, row)``; a header or encoding problem is a SourceError."""
+    file = Path(path)
+    if not file.is_file():
+        raise SourceError(f"input file {file} not found; pass a JSONL or CSV file")
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            if file.suffix.lower() in _CSV_SUFFIXES:
+                delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+                reader = csv.DictReader(handle, delimiter=delimiter)
+                if reader.fieldnames is None or not {"id", "text"} <= set(reader.fieldnames):
+                    raise SourceError(
+                        f"{file} needs a header row with 'id' and 'text' columns "
+                        f"(found {reader.fieldnames or []})"
+                    )
+                yield enumerate(reader, start=1)
+            else:
+                yield _jsonl_rows(handle)
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{file} is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
+
+
 def read_feedback_file(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[BadRow]]:
     """Read a JSONL or CSV file of ``id``/``text`` rows (extra columns kept).
 
@@ -124,23 +151,46 @@ def read_feedback_file(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, list
     Raises:
         SourceError: The file is missing or not UTF-8 text.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SourceError(f"input file {file} not found; pass a JSONL or CSV file")
-    try:
-        with file.open(encoding="utf-8-sig", newline="") as handle:
-            if file.suffix.lower() in _CSV_SUFFIXES:
-                delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
-                reader = csv.DictReader(handle, delimiter=delimiter)
-                if reader.fieldnames is None or not {"id", "text"} <= set(reader.fieldnames):
-                    raise SourceError(
-                        f"{file} needs a header row with 'id' and 'text' columns "
-                        f"(found {reader.fieldnames or []})"
-                    )
-                return _validated(enumerate(reader, start=1))
-            return _validated(_jsonl_rows(handle))
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{file} is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
+    with _file_rows(path) as rows:
+        return _validated(rows)
+
+
+def count_input_rows(path: str | os.PathLike[str]) -> int:
+    """Rows of a feedback file (good and bad), read through once without keeping them.
+
+    Args:
+        path: As for :func:`read_feedback_file`.
+
+    Returns:
+        The number of rows :func:`iter_feedback_file` will yield in all.
+
+    Raises:
+        SourceError: The file is missing, lacks the header, or is not UTF-8 text.
+    """
+    with _file_rows(path) as rows:
+        return sum(1 for _ in rows)
+
+
+def iter_feedback_file(
+    path: str | os.PathLike[str], chunk_size: int
+) -> Iterator[tuple[pd.DataFrame, list[BadRow]]]:
+    """Read a file like :func:`read_feedback_file`, ``chunk_size`` input rows at a time, so
+    memory holds one chunk, not the file.
+
+    Args:
+        path: ``.csv``/``.tsv`` are read as CSV (UTF-8, header row); anything else as JSONL.
+        chunk_size: Input rows per chunk (good and bad together).
+
+    Yields:
+        Per chunk its usable rows (may be empty) and its rejected rows.
+
+    Raises:
+        SourceError: The file is missing, lacks the header, or is not UTF-8 text (raised when
+            the reading reaches the bad byte).
+    """
+    with _file_rows(path) as rows:
+        while block := list(islice(rows, chunk_size)):
+            yield _validated(iter(block))
 
 
 def analyze_frame(

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from safetensors.numpy import load_file, save_file
 
 from pipelines._errors import ModelError
-from pipelines.analysis._embedding_lookup import TextEmbedder
+from pipelines.analysis._embedding_lookup import TextEmbedder, cached_phrase_vectors
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import schema, stored_aspect_rows
@@ -554,6 +554,8 @@ class AspectStage(Stage):
         heads_dir: Folder with the trained heads (None: ``models/heads``).
         embedder: Embedding provider; None builds one over the run's store (cache) that loads
             the encoder only if some text is not cached.
+        phrase_cache: Folder caching the example phrases' embeddings between runs; None: the
+            default (see :func:`cached_phrase_vectors`).
     """
 
     name = "aspects"
@@ -564,10 +566,12 @@ class AspectStage(Stage):
         config_dir: str | os.PathLike[str] | None = None,
         heads_dir: str | os.PathLike[str] | None = None,
         embedder: TextEmbedder | None = None,
+        phrase_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = load_aspect_config(config_dir)
         self.heads = AspectHeads.load(heads_dir)
         self.embedder = embedder
+        self._phrase_cache = Path(phrase_cache) if phrase_cache is not None else None
         self._detector: AspectDetector | None = None
 
     @property
@@ -576,7 +580,7 @@ class AspectStage(Stage):
         return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
 
     def detector(self, embedder: TextEmbedder) -> AspectDetector:
-        """The detector, built on first use (embeds the example phrases once).
+        """The detector, built on first use (example phrase embeddings from the disk cache).
 
         Args:
             embedder: Embedding provider for the example phrases.
@@ -585,8 +589,11 @@ class AspectStage(Stage):
             The detector.
         """
         if self._detector is None:
+            groups = [tuple(aspect.example_phrases) for aspect in self.config.detectable]
+            vectors = cached_phrase_vectors(groups, embedder, self._phrase_cache)
+            vectors_of = dict(zip(groups, vectors, strict=True))
             self._detector = AspectDetector(
-                self.config, self.heads, embedder.embed, embedder.version
+                self.config, self.heads, lambda texts: vectors_of[tuple(texts)], embedder.version
             )
         return self._detector
 

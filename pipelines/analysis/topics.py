@@ -29,7 +29,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
-from scipy.optimize import linear_sum_assignment
 
 from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder
@@ -474,6 +473,8 @@ def _stable_ids(
     centroids: np.ndarray, previous: TopicModel | None, min_similarity: float
 ) -> list[int]:
     """Previous id for each centroid matched (Hungarian, cosine >= min), fresh ids otherwise."""
+    from scipy.optimize import linear_sum_assignment
+
     ids: list[int | None] = [None] * centroids.shape[0]
     next_id = 0
     if previous is not None and previous.centroids.shape[0]:
