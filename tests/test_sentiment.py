@@ -432,6 +432,27 @@ def test_train_head_on_pooled_layers(e5_stage: SentimentStage, tmp_path: Path) -
         train_head(config, FeatureCache(backend.encoder, cache_root=tmp_path), tmp_path)
 
 
+def test_feature_cache_resumes_from_stored_blocks(
+    e5_stage: SentimentStage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = e5_stage.backend
+    assert isinstance(backend, E5HeadBackend)
+    monkeypatch.setattr("models.sentiment._features.CHUNK_ROWS", 3)
+    texts = [text for texts in _TINY_SET.values() for text in texts]
+    cache = FeatureCache(backend.encoder, cache_root=tmp_path, layers=[12])
+    # An interrupted run left the first block: a marker array, so reuse is visible.
+    cache.folder.mkdir(parents=True)
+    np.save(cache.path_for(texts[:3]), np.zeros((3, 384), dtype=np.float32))
+    vectors = cache.embeddings(texts)
+    assert vectors.shape == (9, 384)
+    assert not vectors[:3].any()
+    expected = backend.encoder.encode(texts[3:], kind="passage", layers=[12])
+    np.testing.assert_allclose(vectors[3:], expected, atol=2e-2)
+    # The blocks are merged into one file; a second call reads it back.
+    assert [path.name for path in cache.folder.glob("*.npy")] == [cache.path_for(texts).name]
+    np.testing.assert_array_equal(cache.embeddings(texts), vectors)
+
+
 def test_head_trained_on_another_encoder_is_refused(e5_stage: SentimentStage) -> None:
     backend = e5_stage.backend
     assert isinstance(backend, E5HeadBackend)
