@@ -14,6 +14,7 @@ import torch
 from sqlalchemy import select
 
 from models.sentiment import FeatureCache, HeadMetadata, SentimentHead, binary_proba
+from models.sentiment._datasets import capped_split, discover_datasets, read_split
 from models.sentiment.train import (
     HeadSettings,
     TrainingConfig,
@@ -448,8 +449,12 @@ def test_feature_cache_resumes_from_stored_blocks(
     assert not vectors[:3].any()
     expected = backend.encoder.encode(texts[3:], kind="passage", layers=[12])
     np.testing.assert_allclose(vectors[3:], expected, atol=2e-2)
-    # The blocks are merged into one file; a second call reads it back.
-    assert [path.name for path in cache.folder.glob("*.npy")] == [cache.path_for(texts).name]
+    # Stored block by block: a list of whole blocks of another reuses them, as does a rerun.
+    stored = sorted(path.name for path in cache.folder.glob("*.npy"))
+    assert stored == sorted(cache.path_for(texts[i : i + 3]).name for i in (0, 3, 6))
+    np.testing.assert_array_equal(
+        cache.embeddings(texts[:3] + texts[6:]), vectors[[0, 1, 2, 6, 7, 8]]
+    )
     np.testing.assert_array_equal(cache.embeddings(texts), vectors)
 
 
@@ -458,3 +463,20 @@ def test_head_trained_on_another_encoder_is_refused(e5_stage: SentimentStage) ->
     assert isinstance(backend, E5HeadBackend)
     with pytest.raises(ModelError, match="retrain"):
         E5HeadBackend(backend.encoder, _random_head(0))
+
+
+def test_capped_split_keeps_evenly_spaced_whole_blocks(tmp_path: Path) -> None:
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    # Sorted by label, like laroseda_ro: a prefix would hold one class only.
+    lines = [
+        {"text": f"review {i}", "label": "pos" if i < 50 else "neg", "split": "train"}
+        for i in range(95)
+    ]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    split = read_split(discover_datasets(tmp_path)[0], "train")
+    capped = capped_split(split, 40, 10)
+    kept = [int(text.split()[1]) for text in capped.frame["text"]]
+    assert kept == [*range(0, 10), *range(30, 40), *range(60, 70), *range(90, 95)]
+    assert set(capped.labels) == {0, 2}
+    assert capped_split(split, 95, 10) is split

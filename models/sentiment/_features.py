@@ -2,9 +2,10 @@
 
 Embedding the ~53k labelled texts takes many minutes on a small CPU; the vectors are kept
 under ``<cache root>/sentiment-features/<encoder version>/<encoder dtype>/layers-<layers>/``
-(never in the repository) so that retraining a head costs seconds. Long lists are embedded in
-blocks of ``CHUNK_ROWS`` texts, each stored as soon as it is computed, so an interrupted run
-resumes where it stopped; the blocks are merged into one file at the end.
+(never in the repository) so that retraining a head costs seconds. Long lists are embedded and
+stored in blocks of ``CHUNK_ROWS`` consecutive texts, each written as soon as it is computed: an
+interrupted run resumes where it stopped, and a list made of whole blocks of another (a capped
+training set, see ``datasets.max_train_rows``) reuses their vectors.
 """
 
 from __future__ import annotations
@@ -81,12 +82,9 @@ class FeatureCache:
         blocks = [texts[start : start + CHUNK_ROWS] for start in range(0, len(texts), CHUNK_ROWS)]
         if len(blocks) <= 1:
             return self._computed(list(texts), path)
-        parts = [self._computed(list(block), self.path_for(block)) for block in blocks]
-        vectors = np.concatenate(parts)
-        self._store(vectors, path)
-        for block in blocks:
-            self.path_for(block).unlink(missing_ok=True)
-        return vectors
+        return np.concatenate(
+            [self._computed(list(block), self.path_for(block)) for block in blocks]
+        )
 
     def _computed(self, texts: list[str], path: Path) -> np.ndarray:
         if path.is_file():
