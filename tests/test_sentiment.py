@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import select
 
 from models.sentiment import FeatureCache, HeadMetadata, SentimentHead, binary_proba
-from models.sentiment._datasets import capped_split, discover_datasets, read_split
+from models.sentiment._datasets import DatasetInfo, capped_split, discover_datasets, read_split
 from models.sentiment.train import (
     HeadSettings,
     TrainingConfig,
@@ -24,6 +24,7 @@ from models.sentiment.train import (
     _module,
     fit_temperature,
     row_weights,
+    select_datasets,
     train_head,
 )
 from pipelines._errors import ConfigError, ModelError
@@ -480,3 +481,10 @@ def test_capped_split_keeps_evenly_spaced_whole_blocks(tmp_path: Path) -> None:
     assert kept == [*range(0, 10), *range(30, 40), *range(60, 70), *range(90, 95)]
     assert set(capped.labels) == {0, 2}
     assert capped_split(split, 95, 10) is split
+
+
+def test_cap_on_an_unknown_set_is_refused() -> None:
+    found = [DatasetInfo("laroseda_ro", Path("x/data.jsonl"), "CC0")]
+    selection = TrainingConfig(datasets={"max_train_rows": {"larosed_ro": 2000}}).datasets
+    with pytest.raises(ConfigError, match="larosed_ro"):
+        select_datasets(found, selection)
