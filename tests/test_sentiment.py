@@ -488,3 +488,23 @@ def test_cap_on_an_unknown_set_is_refused() -> None:
     selection = TrainingConfig(datasets={"max_train_rows": {"larosed_ro": 2000}}).datasets
     with pytest.raises(ConfigError, match="larosed_ro"):
         select_datasets(found, selection)
+
+
+def test_lodo_e5_only_scores_the_head_alone(tmp_path: Path) -> None:
+    from models.sentiment.lodo import Corpus, run_lodo
+
+    for name in ("one_en", "two_en"):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [
+            {"text": f"{name} {i}", "label": ("neg", "pos")[i % 2], "split": "dev", "lang": "en"}
+            for i in range(6)
+        ]
+        (folder / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    infos = discover_datasets(tmp_path)
+    dev = {info.name: read_split(info, "dev") for info in infos}
+    vectors = {name: np.random.default_rng(1).normal(size=(6, 384)) for name in dev}
+    corpus = Corpus(list(dev), {}, dev, {}, vectors, "enc-x")
+    result = run_lodo(corpus, list(dev), _random_head(0), say=lambda _: None, e5_only=True)
+    assert list(result.scores) == ["e5"] and sorted(result.scores["e5"]) == sorted(dev)
+    assert 0.0 <= result.mean("e5") <= 1.0
