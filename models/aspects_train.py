@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, precision_recall_fscore_support
-from sklearn.model_selection import cross_val_predict
+from sklearn.model_selection import KFold
 
 from pipelines.analysis.aspects import (
     DEFAULT_HEADS_DIR,
@@ -45,6 +45,7 @@ ANNOTATED_SETS: tuple[tuple[str, str, str], ...] = (
     ("en", "semeval16_restaurants_en", "semeval16_restaurants"),
     ("en", "semeval16_laptops_en", "semeval16_laptops"),
     ("en", "twitter_us_airline_sentiment_en", "twitter_us_airline_sentiment"),
+    ("fa", "parsinlu_food_reviews_fa", "parsinlu_food_reviews"),
 )
 _NEGATIVE_ONLY = {"twitter_us_airline_sentiment_en"}
 MIN_HEAD_POSITIVES = 50
@@ -171,16 +172,31 @@ def train(
             np.full(len(features) - int(train_rows.sum()), EXAMPLE_WEIGHT),
         ]
     )
+    folds = list(KFold(4, shuffle=True, random_state=13).split(embeddings[train_rows]))
     for column, name in enumerate(names):
         positives = truth[:, column]
-        labels = np.concatenate(
-            [positives, *[np.full(len(v), i == column) for i, v in enumerate(example_vectors)]]
+        example_labels = np.concatenate(
+            [np.full(len(v), i == column) for i, v in enumerate(example_vectors)]
         )
+        labels = np.concatenate([positives, example_labels])
         head = LogisticRegression(C=_HEAD_C, max_iter=3000, class_weight="balanced")
         if positives.sum() >= MIN_HEAD_POSITIVES:
-            out_of_fold = cross_val_predict(
-                head, embeddings[train_rows], positives, cv=4, method="predict_proba"
-            )[:, 1]
+            # Out-of-fold scores of heads trained like the final one (examples included), so
+            # the threshold fits the final head's scale.
+            out_of_fold = np.zeros(len(positives))
+            examples = np.vstack(example_vectors)
+            for fitted_rows, held_rows in folds:
+                fold_head = LogisticRegression(C=_HEAD_C, max_iter=3000, class_weight="balanced")
+                fold_head.fit(
+                    np.vstack([embeddings[train_rows][fitted_rows], examples]),
+                    np.concatenate([positives[fitted_rows], example_labels]),
+                    sample_weight=np.concatenate(
+                        [np.ones(len(fitted_rows)), np.full(len(examples), EXAMPLE_WEIGHT)]
+                    ),
+                )
+                out_of_fold[held_rows] = fold_head.predict_proba(embeddings[train_rows][held_rows])[
+                    :, 1
+                ]
             thresholds[name] = _best_threshold(positives, out_of_fold)
         else:
             thresholds[name] = EXAMPLE_ONLY_THRESHOLD

@@ -88,6 +88,23 @@ def test_generated_complaints_land_on_their_aspect_in_every_language(
     assert result["hit"].mean() >= 0.6
 
 
+def test_app_crash_at_checkout_is_not_customer_service(embedder: TextEmbedder) -> None:
+    # The example of issue 12 (reported as customer_service in a user trial).
+    stage = AspectStage(embedder=embedder)
+    result = _aspects(
+        stage,
+        [
+            {
+                "id": "a",
+                "text": "the app keeps crashing at checkout",
+                "lang": "en",
+                "sentiment": "negative",
+            }
+        ],
+    )
+    assert _names(result["aspects"][0]) == ["app_website_checkout"]
+
+
 def test_each_sentence_keeps_its_own_polarity(embedder: TextEmbedder) -> None:
     stage = AspectStage(embedder=embedder)
     result = _aspects(

@@ -284,8 +284,10 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
 }
 # Maps whose keys are data, not settings: label/example languages and data-set categories (any
 # key is used as written), and churn patterns per language (every language's patterns run on
-# every text). Aspect keys of flagging.yaml must name aspects of aspects.yaml (E005).
+# every text). Aspect keys of flagging.yaml must name aspects of aspects.yaml (E005). Training
+# caps are keyed by data-set name, checked against the sets found when training starts (E001).
 FREE_FORM = {
+    ("datasets", "max_train_rows"),
     ("aspects", "#", "labels"),
     ("aspects", "#", "examples"),
     ("dataset_mapping",),

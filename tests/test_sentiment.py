@@ -14,6 +14,7 @@ import torch
 from sqlalchemy import select
 
 from models.sentiment import FeatureCache, HeadMetadata, SentimentHead, binary_proba
+from models.sentiment._datasets import DatasetInfo, capped_split, discover_datasets, read_split
 from models.sentiment.train import (
     HeadSettings,
     TrainingConfig,
@@ -23,6 +24,7 @@ from models.sentiment.train import (
     _module,
     fit_temperature,
     row_weights,
+    select_datasets,
     train_head,
 )
 from pipelines._errors import ConfigError, ModelError
@@ -432,8 +434,77 @@ def test_train_head_on_pooled_layers(e5_stage: SentimentStage, tmp_path: Path) -
         train_head(config, FeatureCache(backend.encoder, cache_root=tmp_path), tmp_path)
 
 
+def test_feature_cache_resumes_from_stored_blocks(
+    e5_stage: SentimentStage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = e5_stage.backend
+    assert isinstance(backend, E5HeadBackend)
+    monkeypatch.setattr("models.sentiment._features.CHUNK_ROWS", 3)
+    texts = [text for texts in _TINY_SET.values() for text in texts]
+    cache = FeatureCache(backend.encoder, cache_root=tmp_path, layers=[12])
+    # An interrupted run left the first block: a marker array, so reuse is visible.
+    cache.folder.mkdir(parents=True)
+    np.save(cache.path_for(texts[:3]), np.zeros((3, 384), dtype=np.float32))
+    vectors = cache.embeddings(texts)
+    assert vectors.shape == (9, 384)
+    assert not vectors[:3].any()
+    expected = backend.encoder.encode(texts[3:], kind="passage", layers=[12])
+    np.testing.assert_allclose(vectors[3:], expected, atol=2e-2)
+    # Stored block by block: a list of whole blocks of another reuses them, as does a rerun.
+    stored = sorted(path.name for path in cache.folder.glob("*.npy"))
+    assert stored == sorted(cache.path_for(texts[i : i + 3]).name for i in (0, 3, 6))
+    np.testing.assert_array_equal(
+        cache.embeddings(texts[:3] + texts[6:]), vectors[[0, 1, 2, 6, 7, 8]]
+    )
+    np.testing.assert_array_equal(cache.embeddings(texts), vectors)
+
+
 def test_head_trained_on_another_encoder_is_refused(e5_stage: SentimentStage) -> None:
     backend = e5_stage.backend
     assert isinstance(backend, E5HeadBackend)
     with pytest.raises(ModelError, match="retrain"):
         E5HeadBackend(backend.encoder, _random_head(0))
+
+
+def test_capped_split_keeps_evenly_spaced_whole_blocks(tmp_path: Path) -> None:
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    # Sorted by label, like laroseda_ro: a prefix would hold one class only.
+    lines = [
+        {"text": f"review {i}", "label": "pos" if i < 50 else "neg", "split": "train"}
+        for i in range(95)
+    ]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    split = read_split(discover_datasets(tmp_path)[0], "train")
+    capped = capped_split(split, 40, 10)
+    kept = [int(text.split()[1]) for text in capped.frame["text"]]
+    assert kept == [*range(0, 10), *range(30, 40), *range(60, 70), *range(90, 95)]
+    assert set(capped.labels) == {0, 2}
+    assert capped_split(split, 95, 10) is split
+
+
+def test_cap_on_an_unknown_set_is_refused() -> None:
+    found = [DatasetInfo("laroseda_ro", Path("x/data.jsonl"), "CC0")]
+    selection = TrainingConfig(datasets={"max_train_rows": {"larosed_ro": 2000}}).datasets
+    with pytest.raises(ConfigError, match="larosed_ro"):
+        select_datasets(found, selection)
+
+
+def test_lodo_e5_only_scores_the_head_alone(tmp_path: Path) -> None:
+    from models.sentiment.lodo import Corpus, run_lodo
+
+    for name in ("one_en", "two_en"):
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [
+            {"text": f"{name} {i}", "label": ("neg", "pos")[i % 2], "split": "dev", "lang": "en"}
+            for i in range(6)
+        ]
+        (folder / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    infos = discover_datasets(tmp_path)
+    dev = {info.name: read_split(info, "dev") for info in infos}
+    vectors = {name: np.random.default_rng(1).normal(size=(6, 384)) for name in dev}
+    corpus = Corpus(list(dev), {}, dev, {}, vectors, "enc-x")
+    result = run_lodo(corpus, list(dev), _random_head(0), say=lambda _: None, e5_only=True)
+    assert list(result.scores) == ["e5"] and sorted(result.scores["e5"]) == sorted(dev)
+    assert 0.0 <= result.mean("e5") <= 1.0

@@ -26,6 +26,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetSplit",
     "analysis_text",
+    "capped_split",
     "discover_datasets",
     "read_split",
     "shared_datasets_dir",
@@ -192,3 +193,31 @@ def read_split(info: DatasetInfo, split: str) -> DatasetSplit:
     frame["label"] = frame["label"].astype("int64")
     frame["weight"] = frame["weight"].astype("float64")
     return DatasetSplit(info, split, frame, bad_lines)
+
+
+def capped_split(split: DatasetSplit, max_rows: int, block_rows: int) -> DatasetSplit:
+    """At most ``max_rows`` rows of a split: whole blocks of ``block_rows`` consecutive rows,
+    evenly spaced over the file (some sets are sorted by label), first and last included.
+
+    Whole blocks keep the feature cache's stored blocks reusable (``FeatureCache`` stores
+    long lists block by block), so a capped set needs only those blocks embedded.
+
+    Args:
+        split: The split.
+        max_rows: Cap (at least one block is kept).
+        block_rows: Block size (``FeatureCache``'s ``CHUNK_ROWS``).
+
+    Returns:
+        The split itself when small enough, else a copy with the kept rows in file order.
+    """
+    rows = len(split.frame)
+    if rows <= max_rows:
+        return split
+    blocks = -(-rows // block_rows)
+    wanted = max(1, max_rows // block_rows)
+    kept = np.unique(np.linspace(0, blocks - 1, wanted).round().astype(int))
+    index = np.concatenate(
+        [np.arange(b * block_rows, min((b + 1) * block_rows, rows)) for b in kept]
+    )
+    frame = split.frame.iloc[index].reset_index(drop=True)
+    return DatasetSplit(split.info, split.split, frame, split.bad_lines)

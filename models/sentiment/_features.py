@@ -2,7 +2,10 @@
 
 Embedding the ~53k labelled texts takes many minutes on a small CPU; the vectors are kept
 under ``<cache root>/sentiment-features/<encoder version>/<encoder dtype>/layers-<layers>/``
-(never in the repository) so that retraining a head costs seconds.
+(never in the repository) so that retraining a head costs seconds. Long lists are embedded and
+stored in blocks of ``CHUNK_ROWS`` consecutive texts, each written as soon as it is computed: an
+interrupted run resumes where it stopped, and a list made of whole blocks of another (a capped
+training set, see ``datasets.max_train_rows``) reuses their vectors.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from models.encoder import LAST_LAYER, default_cache_root
 if TYPE_CHECKING:
     from models.encoder import Encoder
 
-__all__ = ["FeatureCache"]
+__all__ = ["CHUNK_ROWS", "FeatureCache"]
+
+CHUNK_ROWS = 500
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -74,10 +79,23 @@ class FeatureCache:
         path = self.path_for(texts)
         if path.is_file():
             return np.load(path)
-        vectors = self.encoder.encode(list(texts), kind="passage", layers=self.layers)
+        blocks = [texts[start : start + CHUNK_ROWS] for start in range(0, len(texts), CHUNK_ROWS)]
+        if len(blocks) <= 1:
+            return self._computed(list(texts), path)
+        return np.concatenate(
+            [self._computed(list(block), self.path_for(block)) for block in blocks]
+        )
+
+    def _computed(self, texts: list[str], path: Path) -> np.ndarray:
+        if path.is_file():
+            return np.load(path)
+        vectors = self.encoder.encode(texts, kind="passage", layers=self.layers)
+        self._store(vectors, path)
+        return vectors
+
+    def _store(self, vectors: np.ndarray, path: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".npy.tmp")
         with os.fdopen(handle, "wb") as stream:
             np.save(stream, vectors)
         os.replace(temporary, path)
-        return vectors

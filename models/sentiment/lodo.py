@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from models.evaluate import score_predictions, scored_proba
-from models.sentiment._datasets import DatasetSplit, discover_datasets, read_split
-from models.sentiment._features import FeatureCache
+from models.sentiment._datasets import DatasetSplit, capped_split, discover_datasets, read_split
+from models.sentiment._features import CHUNK_ROWS, FeatureCache
 from models.sentiment._head import SentimentHead, softmax
 from models.sentiment._ngram import (
     NgramMetadata,
@@ -90,6 +90,7 @@ def load_corpus(
     cache: FeatureCache,
     say: Callable[[str], None],
     train_features: bool = True,
+    max_train_rows: dict[str, int] | None = None,
 ) -> Corpus:
     """Read every set's splits with their e5 features.
 
@@ -98,6 +99,7 @@ def load_corpus(
         cache: Feature cache (computes what is missing).
         say: Progress callback.
         train_features: Also the train splits' features (not needed with a frozen head).
+        max_train_rows: Set -> train-row cap (``training.yaml`` ``datasets.max_train_rows``).
 
     Returns:
         The corpus.
@@ -105,6 +107,9 @@ def load_corpus(
     corpus = Corpus([], {}, {}, {}, {}, cache.encoder.version)
     for info in discover_datasets(datasets_dir):
         train, dev = read_split(info, "train"), read_split(info, "dev")
+        cap = (max_train_rows or {}).get(info.name)
+        if cap is not None:
+            train = capped_split(train, cap, CHUNK_ROWS)
         if train.frame.empty or dev.frame.empty:
             continue
         corpus.names.append(info.name)
@@ -241,10 +246,13 @@ def _fold(
     targets: list[str],
     head: dict[str, np.ndarray],
     say: Callable[[str], None],
+    e5_only: bool = False,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, object]]]:
     """Every recipe's dev probabilities of ``targets``, trained on ``names``."""
     result: dict[str, dict[str, np.ndarray]] = {recipe: {} for recipe in RECIPES}
     blends: dict[str, dict[str, object]] = {}
+    if e5_only:
+        return {"e5": {name: head[name] for name in targets}}, blends
     for lang in sorted({corpus.lang(name) for name in targets}):
         wanted = [name for name in targets if corpus.lang(name) == lang]
         tuning = [name for name in names if corpus.lang(name) == lang]
@@ -278,6 +286,7 @@ def run_lodo(
     epochs: int | None = None,
     say: Callable[[str], None] = print,
     only: list[str] | None = None,
+    e5_only: bool = False,
 ) -> LodoResult:
     """Leave-one-dataset-out dev macro-F1 of every set, for the three recipes.
 
@@ -289,11 +298,13 @@ def run_lodo(
         epochs: Override of the head's epochs (None: training.yaml's).
         say: Progress callback.
         only: Score only these sets (None: every set).
+        e5_only: Score the e5 head alone (no n-gram models to fit per fold).
 
     Returns:
         The scores.
     """
-    result = LodoResult({recipe: {} for recipe in RECIPES}, {r: [] for r in RECIPES}, {})
+    recipes = ("e5",) if e5_only else RECIPES
+    result = LodoResult({recipe: {} for recipe in recipes}, {r: [] for r in recipes}, {})
     if frozen_head is not None:
         seen = {entry["name"] for entry in frozen_head.metadata.datasets}
         result.leaked["e5"] = result.leaked["stack"] = sorted(seen & set(corpus.names))
@@ -311,13 +322,13 @@ def run_lodo(
         folds.append((list(pool), outside))
     for names, targets in folds:
         say(f"scoring {targets} (trained on {len(names)} sets)")
-        predicted, blends = _fold(corpus, names, targets, heads(names), say)
+        predicted, blends = _fold(corpus, names, targets, heads(names), say, e5_only)
         result.blends.update(blends)
-        for recipe in RECIPES:
+        for recipe in recipes:
             for name in targets:
                 result.scores[recipe][name] = _macro_f1(corpus.dev[name], predicted[recipe][name])
-        say("  " + ", ".join(f"{r} {result.scores[r][targets[0]]:.4f}" for r in RECIPES))
-    for recipe in RECIPES:
+        say("  " + ", ".join(f"{r} {result.scores[r][targets[0]]:.4f}" for r in recipes))
+    for recipe in recipes:
         result.scores[recipe] = {
             name: result.scores[recipe][name] for name in corpus.names if name in wanted
         }
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="score only these sets")
     parser.add_argument("--datasets", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--e5-only", action="store_true", help="score the e5 head alone")
     arguments = parser.parse_args(argv)
 
     def say(line: str) -> None:
@@ -356,19 +368,26 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(Encoder.load(dtype=settings.encoder_dtype), layers=settings.encoder_layers)
     frozen = SentimentHead.load(arguments.head) if arguments.head else None
     corpus = load_corpus(
-        arguments.datasets or shared_datasets_dir(), cache, say, train_features=frozen is None
+        arguments.datasets or shared_datasets_dir(),
+        cache,
+        say,
+        train_features=frozen is None,
+        max_train_rows=settings.datasets.max_train_rows,
     )
     pool = list(OLD_POOL) if arguments.pool == "old" else list(corpus.names)
-    result = run_lodo(corpus, pool, frozen, arguments.epochs, say, arguments.only)
-    print("| set | lang | " + " | ".join(RECIPES) + " |\n|---|---|" + "---:|" * len(RECIPES))
+    result = run_lodo(
+        corpus, pool, frozen, arguments.epochs, say, arguments.only, arguments.e5_only
+    )
+    recipes = list(result.scores)
+    print("| set | lang | " + " | ".join(recipes) + " |\n|---|---|" + "---:|" * len(recipes))
     for name in result.scores["e5"]:
         cells = [
             f"{result.scores[r][name]:.3f}" + (" (seen)" if name in result.leaked[r] else "")
-            for r in RECIPES
+            for r in recipes
         ]
         print(f"| {name} | {corpus.lang(name)} | " + " | ".join(cells) + " |")
     print(
-        "| **mean (held out)** | | " + " | ".join(f"{result.mean(r):.3f}" for r in RECIPES) + " |"
+        "| **mean (held out)** | | " + " | ".join(f"{result.mean(r):.3f}" for r in recipes) + " |"
     )
     if arguments.out is not None:
         arguments.out.write_text(
@@ -379,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     "epochs": arguments.epochs,
                     "scores": result.scores,
                     "leaked": result.leaked,
-                    "means": {r: result.mean(r) for r in RECIPES},
+                    "means": {r: result.mean(r) for r in recipes},
                     "blends": result.blends,
                 },
                 indent=2,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -30,11 +30,12 @@ from models.evaluate import EvaluationReport, evaluate_splits, expected_calibrat
 from models.sentiment._datasets import (
     DatasetInfo,
     DatasetSplit,
+    capped_split,
     discover_datasets,
     read_split,
     shared_datasets_dir,
 )
-from models.sentiment._features import FeatureCache
+from models.sentiment._features import CHUNK_ROWS, FeatureCache
 from models.sentiment._head import HeadMetadata, SentimentHead, binary_proba, softmax
 from pipelines._errors import ConfigError
 from pipelines.config import config_path, load_yaml_model
@@ -63,6 +64,10 @@ class DatasetSelection(BaseModel):
 
     include: list[str] = Field(default_factory=list, description="empty: every set found")
     exclude: list[str] = Field(default_factory=list)
+    max_train_rows: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="set -> most train rows used (evenly spaced blocks, see capped_split)",
+    )
 
 
 class HeadSettings(BaseModel):
@@ -142,7 +147,8 @@ def select_datasets(found: list[DatasetInfo], selection: DatasetSelection) -> li
         ConfigError: A named set does not exist, or nothing is left.
     """
     names = {info.name for info in found}
-    unknown = sorted((set(selection.include) | set(selection.exclude)) - names)
+    named = set(selection.include) | set(selection.exclude) | set(selection.max_train_rows)
+    unknown = sorted(named - names)
     if unknown:
         raise ConfigError(
             f"training.yaml names unknown dataset(s) {unknown}; available: {sorted(names)}"
@@ -417,6 +423,9 @@ def train_head(
     for name in splits:
         for info in chosen:
             split = read_split(info, name)
+            cap = config.datasets.max_train_rows.get(info.name)
+            if name == "train" and cap is not None:
+                split = capped_split(split, cap, CHUNK_ROWS)
             if not split.frame.empty:
                 say(f"embedding {info.name} {name} ({len(split.frame)} rows)")
                 splits[name].append(split)
