@@ -42,7 +42,13 @@ from pipelines.analysis._runner import (
 )
 from pipelines.registry import build_stages
 from pipelines.stages import Stage, StageContext
-from pipelines.storage import RecordScope, Store, records_by_ids, scoped_id_chunks
+from pipelines.storage import (
+    RecordScope,
+    Store,
+    records_by_ids,
+    saved_by_run,
+    scoped_id_chunks,
+)
 
 __all__ = [
     "ChunkCounts",
@@ -159,7 +165,9 @@ def analyse_chunk(
     """Run the plan's per-record stages on the records ``ids`` and save what is missing.
 
     Idempotent: a record a stage already saved (this version, or any without ``reanalyze``) is
-    not saved again, so running a chunk twice (a retry after a lost worker) changes nothing.
+    not saved again, so running a chunk twice (a retry after a lost worker) changes nothing;
+    except the records this run saved itself (a worker that saved, then died before returning
+    its counts), which are saved again, identically, so that the run's counts stay true.
 
     Args:
         plan: The run's plan.
@@ -176,6 +184,12 @@ def analyse_chunk(
     records = records_by_ids(store, ids)
     counts = ChunkCounts(records=len(records))
     needed = records_to_save(store, stages, records["id"], plan.reanalyze)
+    names = [stage.name for stage in stages]
+    again = saved_by_run(store, plan.run_id, names, [str(i) for i in records["id"]])
+    carried: set[str] = set()
+    for name in names:
+        carried |= again[name]
+        needed[name] |= carried
     work_ids = set().union(*needed.values()) if needed else set()
     if not work_ids:
         return counts

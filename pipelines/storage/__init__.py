@@ -50,6 +50,7 @@ from pipelines.storage._analysis_queries import (
 )
 from pipelines.storage._chunk_queries import (
     records_by_ids,
+    saved_by_run,
     scoped_id_chunks,
     stored_aspect_rows,
     stored_sentiment_rows,
@@ -216,6 +217,7 @@ __all__ = [
     "retry_failed_deliveries",
     "rollback_model",
     "run_scope",
+    "saved_by_run",
     "saved_record_ids",
     "schema",
     "scoped_id_chunks",

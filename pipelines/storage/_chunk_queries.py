@@ -20,11 +20,40 @@ from pipelines.storage._store import Store
 
 __all__ = [
     "records_by_ids",
+    "saved_by_run",
     "scoped_id_chunks",
     "stored_aspect_rows",
     "stored_sentiment_rows",
     "stored_topic_rows",
 ]
+
+
+def saved_by_run(
+    store: Store, run_id: str, stages: Sequence[str], record_ids: Sequence[str]
+) -> dict[str, set[str]]:
+    """Which of ``record_ids`` each stage's results were last saved for by ``run_id``.
+
+    Args:
+        store: The database.
+        run_id: The run.
+        stages: Stage names.
+        record_ids: Record ids to look up.
+
+    Returns:
+        Stage name -> record ids (empty sets for stages that saved none of them).
+    """
+    table = schema.stage_results
+    found: dict[str, set[str]] = {stage: set() for stage in stages}
+    with store.engine.connect() as connection:
+        for start in range(0, len(record_ids), 1000):
+            query = select(table.c.stage, table.c.record_id).where(
+                table.c.run_id == run_id,
+                table.c.stage.in_(list(stages)),
+                table.c.record_id.in_(record_ids[start : start + 1000]),
+            )
+            for stage, record_id in connection.execute(query).all():
+                found[str(stage)].add(str(record_id))
+    return found
 
 
 def scoped_id_chunks(store: Store, scope: Any, chunk_size: int) -> Iterator[list[str]]:

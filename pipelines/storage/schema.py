@@ -7,6 +7,7 @@ JSON is stored as text (``JSONText``) so the same schema works on DuckDB and Pos
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from sqlalchemy import (
@@ -383,6 +384,7 @@ model_versions = Table(
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises schema creation.
 _SCHEMA_LOCK_KEY = 0x46454544_0001
+_duckdb_schema_lock = threading.Lock()
 
 
 def create_schema(engine: Engine) -> None:
@@ -390,20 +392,21 @@ def create_schema(engine: Engine) -> None:
 
     On PostgreSQL, ``create_all`` runs in one transaction under a transaction-scoped advisory
     lock (two first runs at once would otherwise both try to create the same tables), and free
-    text columns an older schema made ``VARCHAR(n)`` are widened to ``TEXT``. DuckDB needs
-    neither: a file has one writing process at a time and it does not enforce lengths.
+    text columns an older schema made ``VARCHAR(n)`` are widened to ``TEXT``. A DuckDB file has
+    one writing process at a time, but threads of that process (a flow and a helper watching
+    it) would conflict on the catalog: they create the tables one at a time.
 
     Args:
         engine: The database.
     """
+    if engine.dialect.name != "postgresql":
+        with _duckdb_schema_lock, engine.begin() as connection:
+            metadata.create_all(connection)
+        return
     with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
-            )
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         metadata.create_all(connection)
-        if engine.dialect.name == "postgresql":
-            _widen_text_columns(connection)
+        _widen_text_columns(connection)
 
 
 def _widen_text_columns(connection: Connection) -> None:
