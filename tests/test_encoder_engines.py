@@ -88,7 +88,7 @@ def test_openvino_matches_torch_fp32(
     dtype: str,
 ) -> None:
     encoder = load_encoder(encoder_folder, dtype=dtype, engine="openvino")
-    assert (encoder.engine, encoder.dtype, encoder.batch_size) == ("openvino", dtype, 64)
+    assert (encoder.engine, encoder.dtype, encoder.batch_size) == ("openvino", dtype, 32)
     assert encoder.version == torch_fp32.version
     features = encoder.encode(TEXTS, layers=LAYERS)
     assert features.shape == reference.shape and features.dtype == np.float32

@@ -33,10 +33,8 @@ __all__ = [
     "openvino_export_path",
 ]
 
-# Windows per forward pass, split across the compiled model's parallel infer requests (one
-# stream per core with the THROUGHPUT hint). On the AMX Xeon, bare document pass, bf16, 2 cores:
-# 2 streams x 32 rows 356-378 docs/s, one LATENCY stream x 32 rows 292-322 (2026-11-30).
-OPENVINO_BATCH_SIZE = 64
+# Measured best on AVX512-BF16 and AMX hosts (issue 14: 32 beats 64 and 16 with OpenVINO bf16).
+OPENVINO_BATCH_SIZE = 32
 _EXPORT_REVISION = 1
 _XML = "encoder.xml"
 _BIN = "encoder.bin"
@@ -209,7 +207,7 @@ def load_openvino_encoder(
             {
                 "INFERENCE_PRECISION_HINT": _PRECISIONS[precision],
                 "INFERENCE_NUM_THREADS": num_threads or available_cores(),
-                "PERFORMANCE_HINT": "THROUGHPUT",
+                "PERFORMANCE_HINT": "LATENCY",
             },
         )
     except RuntimeError as exc:
@@ -218,25 +216,13 @@ def load_openvino_encoder(
             "`python -m models.encoder prepare`, or set e5_head.engine: torch",
             code="E102",
         ) from exc
-    requests = [
-        compiled.create_infer_request()
-        for _ in range(max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))))
-    ]
+    request = compiled.create_infer_request()
 
     def forward(
         input_ids: np.ndarray, attention_mask: np.ndarray, layers: tuple[int, ...]
     ) -> np.ndarray:
-        """The batch's rows split over the infer requests, run at once, joined in order."""
-        shares = [
-            rows for rows in np.array_split(np.arange(len(input_ids)), len(requests)) if len(rows)
-        ]
-        for request, rows in zip(requests, shares, strict=False):
-            request.start_async([input_ids[rows], attention_mask[rows]])
-        pooled = []
-        for request, _ in zip(requests, shares, strict=False):
-            request.wait()
-            pooled.append(np.array(request.get_output_tensor(0).data)[:, list(layers)])
-        return np.concatenate(pooled)
+        pooled = request.infer([input_ids, attention_mask])[0]
+        return np.asarray(pooled)[:, list(layers)]
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return Encoder(
