@@ -42,7 +42,8 @@ from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder, cached_phrase_vectors
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext, stored_version_rows
-from pipelines.storage import schema, stored_aspect_rows
+from pipelines.storage import record_aspects as stored_aspects
+from pipelines.storage import schema
 from pipelines.text import split_sentences
 
 __all__ = [
@@ -659,7 +660,7 @@ class AspectStage(Stage):
         """
         result = batch.copy()
         ids = [str(record_id) for record_id in result["id"]]
-        rows = stored_version_rows(stored_aspect_rows(context.store, ids), self.version)
+        rows = stored_version_rows(stored_aspects(context.store, ids), self.version)
         found: dict[str, list[dict[str, Any]]] = {}
         for row in rows.sort_values(["score", "aspect"], ascending=[False, True]).itertuples():
             found.setdefault(row.record_id, []).append(

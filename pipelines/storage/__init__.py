@@ -52,7 +52,6 @@ from pipelines.storage._chunk_queries import (
     records_by_ids,
     saved_by_run,
     scoped_id_chunks,
-    stored_aspect_rows,
     stored_sentiment_rows,
     stored_topic_rows,
 )
@@ -226,7 +225,6 @@ __all__ = [
     "settle_deliveries",
     "similar_records",
     "start_run",
-    "stored_aspect_rows",
     "stored_sentiment_rows",
     "stored_topic_rows",
     "stored_topics",

@@ -22,7 +22,6 @@ __all__ = [
     "records_by_ids",
     "saved_by_run",
     "scoped_id_chunks",
-    "stored_aspect_rows",
     "stored_sentiment_rows",
     "stored_topic_rows",
 ]
@@ -125,24 +124,6 @@ def stored_sentiment_rows(store: Store, ids: Sequence[str]) -> pd.DataFrame:
         table.c.neutral,
         table.c.positive,
         table.c.sentences,
-        table.c.created_at,
-    )
-    return _frame_of_records(store, query, table.c.record_id, ids)
-
-
-def stored_aspect_rows(store: Store, ids: Sequence[str]) -> pd.DataFrame:
-    """Every stored ``aspects`` row of ``ids`` (all model versions).
-
-    Returns:
-        Columns ``record_id, aspect, model_version, polarity, score, created_at``.
-    """
-    table = schema.aspects
-    query = select(
-        table.c.record_id,
-        table.c.aspect,
-        table.c.model_version,
-        table.c.polarity,
-        table.c.score,
         table.c.created_at,
     )
     return _frame_of_records(store, query, table.c.record_id, ids)
