@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 from models.sentiment import (
     HeadMetadata,
@@ -15,13 +16,14 @@ from models.sentiment import (
     StackedSentiment,
     StackMetadata,
 )
-from models.sentiment._ngram import fit_ngram_language
+from models.sentiment._ngram import fit_ngram_language, hashed_features
 from models.sentiment._stacking import blend_log_proba, fit_language_blend, flag_threshold
 from pipelines._errors import ModelError
 from pipelines.analysis.flagging import flag_batch, load_flagging_rules
 from pipelines.analysis.sentiment import E5HeadBackend, SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import Store
+from tests._synthetic_feedback import THEMES, synthetic_texts
 
 _TEXTS = {
     0: ["terrible service, never again", "awful, it broke", "bad support and rude staff"],
@@ -78,6 +80,45 @@ def test_ngram_model_scores_its_language_and_round_trips(tmp_path) -> None:
     (tmp_path / "ngram-en.safetensors").unlink()
     with pytest.raises(ModelError, match=r"python -m models\.sentiment\.stack"):
         NgramModel.load(tmp_path / "ngram.json")
+
+
+def test_ngram_features_equal_scikit_learns_hashing_vectorizer() -> None:
+    """The committed n-gram weights are indexed by scikit-learn's buckets; ours must match."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    texts = [
+        text
+        for theme in THEMES
+        for lang in ("tr", "fa", "ro", "en")
+        for text in synthetic_texts(theme, lang, 3)
+    ]
+    texts += [
+        "",
+        " \t\n ",
+        "a",
+        "İSTANBUL'da ılık IŞIK",
+        "می‌خواهم  پس بدهم؛ ﻻ تاخیر!!",
+        "😀 ok 👍🏽 ççç",
+        "x" * 400,
+        "Nu merge aplicatia, a 3-a oara",
+    ]
+    metadata = NgramMetadata(version="t")
+    ours = hashed_features(texts, metadata)
+    char = HashingVectorizer(
+        analyzer="char_wb", ngram_range=(1, 5), n_features=1 << 17, alternate_sign=False
+    )
+    word = HashingVectorizer(
+        analyzer="word",
+        ngram_range=(1, 2),
+        n_features=1 << 16,
+        alternate_sign=False,
+        token_pattern=r"(?u)\b\w+\b",
+    )
+    reference = sparse.hstack([char.transform(texts), word.transform(texts)], format="csr")
+    reference.sort_indices()
+    assert np.array_equal(ours.indptr, reference.indptr)
+    assert np.array_equal(ours.indices, reference.indices)
+    np.testing.assert_array_equal(ours.data, reference.data)
 
 
 def test_binary_rows_never_train_the_ngram_neutral_side() -> None:

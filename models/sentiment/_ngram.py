@@ -3,9 +3,10 @@
 Each language has two logistic regressions over the same hashed features: *polarity*
 (negative vs positive, trained on every non-neutral row) and *neutral* (neutral vs not, trained
 only on sets that label neutral, so binary sets never teach "not neutral"). Their product gives
-negative/neutral/positive probabilities. Features are sklearn ``HashingVectorizer`` outputs
-(character n-grams inside word boundaries plus word n-grams, each block L2-normalised): the
-weights are plain arrays indexed by hash bucket, so nothing of the training text is kept.
+negative/neutral/positive probabilities. Features are those of sklearn's ``HashingVectorizer``,
+computed without it (``_hashing``: character n-grams inside word boundaries plus word n-grams,
+each block L2-normalised): the weights are plain arrays indexed by hash bucket, so nothing of
+the training text is kept.
 
 Inference costs one hashing pass and a sparse dot product per text.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from scipy import sparse
 
+from models.sentiment._hashing import hashed_ngram_counts
 from pipelines._errors import ModelError
 
 if TYPE_CHECKING:
@@ -75,24 +77,13 @@ def hashed_features(texts: Sequence[str], metadata: NgramMetadata) -> sparse.csr
     Returns:
         ``(N, char_features + word_features)`` sparse float64 matrix.
     """
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    char = HashingVectorizer(
-        analyzer="char_wb",
-        ngram_range=tuple(metadata.char_ngrams),
-        n_features=metadata.char_features,
-        alternate_sign=False,
-        lowercase=True,
+    return hashed_ngram_counts(
+        texts,
+        (metadata.char_ngrams[0], metadata.char_ngrams[1]),
+        metadata.char_features,
+        (metadata.word_ngrams[0], metadata.word_ngrams[1]),
+        metadata.word_features,
     )
-    word = HashingVectorizer(
-        analyzer="word",
-        ngram_range=tuple(metadata.word_ngrams),
-        n_features=metadata.word_features,
-        alternate_sign=False,
-        lowercase=True,
-        token_pattern=r"(?u)\b\w+\b",
-    )
-    return sparse.hstack([char.transform(texts), word.transform(texts)], format="csr")
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
