@@ -182,6 +182,7 @@ def test_export_is_atomic_and_written_once(
         "encoder.bin",
         "encoder.xml",
         MANIFEST_NAME,
+        "word_embeddings.npy",
     ]
     assert [path.name for path in folder.parent.iterdir() if path.name.startswith(".")] == []
     stamps = {path.name: os.stat(path).st_mtime_ns for path in target.iterdir()}
