@@ -8,7 +8,7 @@ machine load. Peak RSS is the process's own ``ru_maxrss`` from ``os.wait4``. One
 per tree first warms the page cache (and this tree's phrase-embedding cache).
 
 Usage: ``python benchmarks/cold_start.py [--base /tmp/base] [--rounds 5] [--texts 10]``; for the
-memory of a large input: ``--texts 50000 --rounds 1 --warmup 0``.
+memory of a large input: ``--texts 50000 --unique --rounds 1 --warmup 0``.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from tests._synthetic_feedback import THEMES, synthetic_texts  # noqa: E402
 _LANGS = ("tr", "fa", "ro", "en")
 
 
-def write_input(path: Path, count: int) -> None:
-    """``count`` short complaints, languages and themes interleaved."""
+def write_input(path: Path, count: int, unique: bool = False) -> None:
+    """``count`` short complaints, languages and themes interleaved; with ``unique``, each
+    ends with an order number (the templates alone repeat: 2,076 distinct texts in 50,000)."""
     themes = list(THEMES)
     with path.open("w", encoding="utf-8") as handle:
         for index in range(count):
             text = synthetic_texts(themes[index % len(themes)], _LANGS[index % 4], 1, index)[0]
+            if unique:
+                text = f"{text} #{100000 + index}"
             handle.write(json.dumps({"id": f"t{index}", "text": text}, ensure_ascii=False) + "\n")
 
 
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs per tree first")
+    parser.add_argument("--unique", action="store_true", help="no text repeated")
     arguments = parser.parse_args()
     trees = {"this tree": REPO_ROOT}
     if arguments.base is not None:
@@ -90,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cold-start-") as name:
         folder = Path(name)
         source = folder / "in.jsonl"
-        write_input(source, arguments.texts)
+        write_input(source, arguments.texts, arguments.unique)
         for _ in range(arguments.warmup):
             for tree in trees.values():
                 run_once(tree, source, folder / "warm.jsonl")

@@ -16,9 +16,11 @@ so they may be written with or without diacritics, but must be lower case.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,17 +47,24 @@ _ARABIC_TO_PERSIAN = str.maketrans(
 )
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200c\u200b\u200d\u2060\ufeff"), None)
 _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018`\u00b4\u02bc", "'"))
+_PERSIAN_SPELLING = _ARABIC_TO_PERSIAN | _ZERO_WIDTH | _APOSTROPHES
 _PERSIAN_VERB_PREFIX = re.compile(r"(?<!\S)(ن?می)\s+(?=\S)")
 _WHITESPACE = re.compile(r"\s+")
 _MASK = " \x00 "
 
 
+@cache
+def _without_combining_marks() -> dict[int, None]:
+    """A translation table deleting every character with a non-zero combining class."""
+    return {point: None for point in range(sys.maxunicode + 1) if unicodedata.combining(chr(point))}
+
+
 def _fold_characters(text: str) -> str:
     """Character folding shared by texts and patterns (safe for regex syntax)."""
     decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    stripped = decomposed.translate(_without_combining_marks())
     folded = unicodedata.normalize("NFC", stripped).replace("\u0131", "i")  # dotless i
-    folded = folded.translate(_ARABIC_TO_PERSIAN).translate(_ZERO_WIDTH).translate(_APOSTROPHES)
+    folded = folded.translate(_PERSIAN_SPELLING)
     folded = _PERSIAN_VERB_PREFIX.sub(r"\1", folded)
     return _WHITESPACE.sub(" ", folded).strip()
 
@@ -201,9 +210,14 @@ class ChurnDetector:
             return []
         languages = sorted(self._languages, key=lambda language: language != lang)
         matches: list[ChurnMatch] = []
+        # Case folding differs by language (Turkish i); the rest of the folding need not.
+        folded: dict[str, str] = {}
         for language in languages:
             compiled = self._languages[language]
-            form = matching_form(text, language)
+            casefolded = casefold_for_matching(text, language)
+            if casefolded not in folded:
+                folded[casefolded] = _fold_characters(casefolded)
+            form = folded[casefolded]
             for guard in compiled.not_churn:
                 form = guard.sub(_MASK, form)
             for kind, pattern in compiled.patterns:
