@@ -54,6 +54,10 @@ _PERSIAN_DIGITS = str.maketrans(
 # seen; a space is inserted after the punctuation before an Arabic-script letter.
 _GLUED_ARABIC_SENTENCE_END = re.compile(r"[.!?؟](?=[\u0620-\u064a\u066e-\u06d3\u06fa-\u06ff])")
 _LINE_BREAKS = re.compile(r"\s*\n\s*")
+# Anything neither a word character nor a space (punctuation, symbols, emoji): a superset of
+# the sentencizer's sentence-final characters, so a line without any keeps one sentence.
+_PUNCTUATION = re.compile(r"[^\w\s]")
+_CLOSING_PUNCTUATION = re.compile(r"[^\w\s]+$")
 # Placeholders written by normalize/redact ("[URL:example.com]", "[EMAIL]", "@user").
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+(?::[^\]\s]*)?\]|(?<!\w)@user\b")
 
@@ -141,13 +145,17 @@ def split_sentences(text: str, lang: str | None) -> list[str]:
     Returns:
         The sentences as substrings of ``text``, stripped, empty ones left out.
     """
-    nlp = sentencizer(lang)
     sentences: list[str] = []
     for line in _LINE_BREAKS.split(text):
-        if not line.strip():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not _PUNCTUATION.search(_CLOSING_PUNCTUATION.sub("", stripped)):
+            # No sentencizer boundary can fall in a line whose only punctuation closes it.
+            sentences.append(stripped)
             continue
         prepared, origins = _prepared_with_origins(line)
-        for sentence in nlp(prepared).sents:
+        for sentence in sentencizer(lang)(prepared).sents:
             start = origins[sentence.start_char]
             end = origins[sentence.end_char - 1] + 1
             piece = line[start:end].strip()

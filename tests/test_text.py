@@ -44,6 +44,31 @@ def test_split_sentences(text: str, lang: str, expected: list[str]) -> None:
     assert split_sentences(text, lang) == expected
 
 
+def test_lines_without_inner_punctuation_skip_spacy_and_agree_with_it() -> None:
+    """The shortcut for one-sentence lines returns what spaCy's sentencizer would."""
+    from spacy.pipeline import Sentencizer
+
+    from pipelines.text import _PUNCTUATION
+
+    assert all(_PUNCTUATION.fullmatch(char) for char in Sentencizer.default_punct_chars)
+    lines = [
+        "Ürün çok iyi",
+        "Kargo geç geldi!!",
+        "  پیک دیر رسید؟ ",
+        "می‌خواهم پس بدهم",
+        "Livrarea a intarziat...",
+        "the app keeps crashing at checkout 😡",
+        "Great phone. Battery dies",
+        "nu merge!! deloc",
+        "quoted 'word' inside",
+        "why?!",
+    ]
+    for line in lines:
+        for lang in ("tr", "fa", "ro", "en", None):
+            spacy_pieces = [sentence.text.strip() for sentence in sentencizer(lang)(line).sents]
+            assert split_sentences(line, lang) == [piece for piece in spacy_pieces if piece]
+
+
 def test_sentencizer_is_cached_and_falls_back_to_xx() -> None:
     assert sentencizer("fa") is sentencizer("fa")
     assert sentencizer("de").lang == "xx"
