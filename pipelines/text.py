@@ -54,10 +54,14 @@ _PERSIAN_DIGITS = str.maketrans(
 # seen; a space is inserted after the punctuation before an Arabic-script letter.
 _GLUED_ARABIC_SENTENCE_END = re.compile(r"[.!?؟](?=[\u0620-\u064a\u066e-\u06d3\u06fa-\u06ff])")
 _LINE_BREAKS = re.compile(r"\s*\n\s*")
-# Anything neither a word character nor a space (punctuation, symbols, emoji): a superset of
-# the sentencizer's sentence-final characters, so a line without any keeps one sentence.
-_PUNCTUATION = re.compile(r"[^\w\s]")
-_CLOSING_PUNCTUATION = re.compile(r"[^\w\s]+$")
+# Every character the sentencizer may end a sentence after is in this class (checked against
+# spaCy's list in tests/test_text.py): anything but word characters, spaces and punctuation that
+# never ends a sentence. A line with none of them before its closing run of common sentence
+# ends is one sentence.
+_MAYBE_SENTENCE_END = re.compile(
+    r"[^\w\s,;:'\"()\[\]{}\-\u2013\u2014\u00ab\u00bb\u201c\u201d\u201e\u2018\u2019/&%+*#@…]"
+)
+_CLOSING_SENTENCE_ENDS = re.compile(r"[!.?\u061f\u06d4\u3002\uff01\uff1f\s]+$")
 # Placeholders written by normalize/redact ("[URL:example.com]", "[EMAIL]", "@user").
 _PLACEHOLDER = re.compile(r"\[[A-Z_]+(?::[^\]\s]*)?\]|(?<!\w)@user\b")
 
@@ -150,8 +154,7 @@ def split_sentences(text: str, lang: str | None) -> list[str]:
         stripped = line.strip()
         if not stripped:
             continue
-        if not _PUNCTUATION.search(_CLOSING_PUNCTUATION.sub("", stripped)):
-            # No sentencizer boundary can fall in a line whose only punctuation closes it.
+        if not _MAYBE_SENTENCE_END.search(_CLOSING_SENTENCE_ENDS.sub("", stripped)):
             sentences.append(stripped)
             continue
         prepared, origins = _prepared_with_origins(line)

@@ -48,9 +48,14 @@ def test_lines_without_inner_punctuation_skip_spacy_and_agree_with_it() -> None:
     """The shortcut for one-sentence lines returns what spaCy's sentencizer would."""
     from spacy.pipeline import Sentencizer
 
-    from pipelines.text import _PUNCTUATION
+    from pipelines.text import _CLOSING_SENTENCE_ENDS, _MAYBE_SENTENCE_END
 
-    assert all(_PUNCTUATION.fullmatch(char) for char in Sentencizer.default_punct_chars)
+    punct_chars = Sentencizer.default_punct_chars
+    assert all(_MAYBE_SENTENCE_END.fullmatch(char) for char in punct_chars)
+    closing = [
+        chr(point) for point in range(0x10000) if _CLOSING_SENTENCE_ENDS.fullmatch(chr(point))
+    ]
+    assert all(char.isspace() or char in punct_chars for char in closing)
     lines = [
         "Ürün çok iyi",
         "Kargo geç geldi!!",
@@ -62,6 +67,9 @@ def test_lines_without_inner_punctuation_skip_spacy_and_agree_with_it() -> None:
         "nu merge!! deloc",
         "quoted 'word' inside",
         "why?!",
+        "ok!😀",
+        "Kötü, çok kötü; (gerçekten) “berbat” - 5/10 %50",
+        "nu, nu merge: deloc",
     ]
     for line in lines:
         for lang in ("tr", "fa", "ro", "en", None):
