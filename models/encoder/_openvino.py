@@ -236,7 +236,8 @@ def load_openvino_encoder(
             code="E102",
         ) from exc
     request = compiled.create_infer_request()
-    word_embeddings = np.load(target / _WORD_EMBEDDINGS, mmap_mode="r")
+    # A plain view of the mapping: indexing an np.memmap wraps every result in a memmap.
+    word_embeddings = np.asarray(np.load(target / _WORD_EMBEDDINGS, mmap_mode="r"))
 
     def forward(
         input_ids: np.ndarray, attention_mask: np.ndarray, layers: tuple[int, ...]
