@@ -115,7 +115,7 @@ def analyze(
     config: str | os.PathLike[str] | None = None,
     db: str | os.PathLike[str] | None = None,
     stages: Sequence[str] = ANALYZE_STAGES,
-    chunk_size: int = 512,
+    chunk_size: int = 2000,
 ) -> pd.DataFrame:
     """Language, sentiment (document and sentences), aspects, topic and flags, as
     ``feedback analyze`` writes them.

@@ -40,7 +40,12 @@ def analyze_command(
         str | None,
         typer.Option("--db", help="Store to cache document embeddings in (reruns are faster)."),
     ] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Rows analysed per step.")] = 512,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Rows analysed per step (bounds memory; topics are fitted on the first)."
+        ),
+    ] = 2000,
 ) -> None:
     """Analyse a file of feedback with the nightly flow's stages: language, sentiment (document
     and sentences), aspects, topic and flags. Optional columns channel, rating, nps,
