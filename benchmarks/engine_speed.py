@@ -18,7 +18,9 @@ process may use) and the share of it the branch reaches, counting ~43 MFLOP per 
 (multilingual-e5-small: 2 x 21.7M non-embedding weights) over the tokens of documents and of
 the sentences the stage scores.
 
-Texts come from ``benchmarks/encoder_speed.py``'s ``build_texts`` (../shared, read at run time).
+Texts come from ``benchmarks/encoder_speed.py``'s ``build_texts`` (../shared, read at run time);
+its 5,000 texts hold 2,551 distinct ones. ``--distinct`` ends each text with an order number, so
+no text repeats (identical strings are encoded once per step).
 
 Usage: ``python benchmarks/engine_speed.py --base /tmp/base [--n 5000] [--inproc-n 600]
 [--rounds 3]``; the base checkout: ``git worktree add /tmp/base 1c3dab8`` or
@@ -215,7 +217,15 @@ def _agreement(left: Sequence[str], right: Sequence[str]) -> float:
     return sum(a == b for a, b in zip(left, right, strict=True)) / len(left)
 
 
-def run(base: Path, count: int, inproc_count: int, rounds: int) -> str:
+def _numbered(texts: Sequence[str], distinct: bool) -> list[str]:
+    return (
+        [f"{text} #{100000 + index}" for index, text in enumerate(texts)]
+        if distinct
+        else list(texts)
+    )
+
+
+def run(base: Path, count: int, inproc_count: int, rounds: int, distinct: bool = False) -> str:
     """Run every measurement; return the markdown report."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from encoder_speed import build_texts
@@ -239,7 +249,7 @@ def run(base: Path, count: int, inproc_count: int, rounds: int) -> str:
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        cli_input = _write_input(build_texts(count), scratch / "cli.jsonl")
+        cli_input = _write_input(_numbered(build_texts(count), distinct), scratch / "cli.jsonl")
         fp32_config = scratch / "fp32-config"
         fp32_config.mkdir()
         for path in (REPO_ROOT / "configs").iterdir():
@@ -255,7 +265,7 @@ def run(base: Path, count: int, inproc_count: int, rounds: int) -> str:
         inproc_texts: list[str] = []
         for round_index in range(rounds):
             order = list(checkouts) if round_index % 2 == 0 else list(reversed(checkouts))
-            texts = build_texts(inproc_count, seed=100 + round_index)
+            texts = _numbered(build_texts(inproc_count, seed=100 + round_index), distinct)
             inproc_texts += texts
             chunk = _write_input(texts, scratch / f"round{round_index}.jsonl")
             for name in order:
@@ -280,7 +290,8 @@ def run(base: Path, count: int, inproc_count: int, rounds: int) -> str:
     inproc_rate = {name: inproc_count * rounds / sum(inproc[name]) for name in checkouts}
     bare_rate = {name: inproc_count * rounds / sum(bare[name]) for name in checkouts}
     lines = [
-        f"`benchmarks/engine_speed.py --n {count} --inproc-n {inproc_count} --rounds {rounds}`, "
+        f"`benchmarks/engine_speed.py --n {count} --inproc-n {inproc_count} --rounds {rounds}"
+        f"{' --distinct' if distinct else ''}`, "
         f"{started_at:%Y-%m-%d %H:%M} UTC. Machine: **{cpu_name} ({flags})**, "
         f"{len(os.sched_getaffinity(0))} cores available (shared with other jobs), Python "
         f"{platform.python_version()}. Load average (1 min) at start {load_start[0]:.1f}, during "
@@ -341,6 +352,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="texts per CLI run")
     parser.add_argument("--inproc-n", type=int, default=600, help="texts per in-process round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--distinct", action="store_true", help="no text repeated")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -349,7 +361,9 @@ def main() -> None:
         return
     if arguments.base is None:
         parser.error("--base is required")
-    print(run(arguments.base, arguments.n, arguments.inproc_n, arguments.rounds))
+    print(
+        run(arguments.base, arguments.n, arguments.inproc_n, arguments.rounds, arguments.distinct)
+    )
 
 
 if __name__ == "__main__":
