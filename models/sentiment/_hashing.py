@@ -63,16 +63,17 @@ def _murmurhash3_32(blocks: np.ndarray) -> np.ndarray:
     return hashes.view(np.int32)
 
 
-def _buckets(grams: list[str], n_features: int) -> np.ndarray:
-    """scikit-learn's bucket of each n-gram: ``abs(murmurhash3_32(utf-8)) % n_features``."""
-    encoded = [gram.encode("utf-8") for gram in grams]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    signed = np.empty(len(encoded), dtype=np.int64)
-    for length in np.unique(lengths):
-        positions = np.flatnonzero(lengths == length)
-        joined = b"".join([encoded[position] for position in positions])
-        blocks = np.frombuffer(joined, dtype=np.uint8).reshape(len(positions), int(length))
-        signed[positions] = _murmurhash3_32(blocks)
+def _hashed_spans(
+    encoded: np.ndarray, starts: np.ndarray, lengths: np.ndarray, n_features: int
+) -> np.ndarray:
+    """The bucket of each byte span ``encoded[start:start + length]``, hashing all spans of one
+    length at once."""
+    signed = np.empty(len(starts), dtype=np.int64)
+    by_length = np.argsort(lengths, kind="stable")
+    bounds = np.flatnonzero(np.diff(lengths[by_length])) + 1
+    for positions in np.split(by_length, bounds) if len(by_length) else []:
+        length = int(lengths[positions[0]])
+        signed[positions] = _murmurhash3_32(sliding_window_view(encoded, length)[starts[positions]])
     return _bucket_of(signed, n_features)
 
 
@@ -119,15 +120,7 @@ def _char_wb_buckets(
     byte_starts = byte_offsets[char_starts]
     byte_lengths = byte_offsets[char_starts + np.concatenate(lengths)] - byte_starts
     encoded = np.frombuffer(padded.encode("utf-8"), dtype=np.uint8)
-    signed = np.empty(len(byte_starts), dtype=np.int64)
-    by_length = np.argsort(byte_lengths, kind="stable")
-    sorted_lengths = byte_lengths[by_length]
-    bounds = np.flatnonzero(np.diff(sorted_lengths)) + 1
-    for positions in np.split(by_length, bounds) if len(by_length) else []:
-        length = int(byte_lengths[positions[0]])
-        blocks = sliding_window_view(encoded, length)[byte_starts[positions]]
-        signed[positions] = _murmurhash3_32(blocks)
-    return np.concatenate(rows), _bucket_of(signed, n_features)
+    return np.concatenate(rows), _hashed_spans(encoded, byte_starts, byte_lengths, n_features)
 
 
 def _word_buckets(
@@ -136,7 +129,11 @@ def _word_buckets(
     """Text index and bucket of every word n-gram."""
     per_text = [_word_ngrams(text, min_n, max_n) for text in texts]
     rows = np.repeat(np.arange(len(texts)), [len(grams) for grams in per_text])
-    return rows, _buckets([gram for grams in per_text for gram in grams], n_features)
+    grams = [gram.encode("utf-8") for text_grams in per_text for gram in text_grams]
+    lengths = np.fromiter(map(len, grams), dtype=np.int64, count=len(grams))
+    starts = np.cumsum(lengths) - lengths
+    encoded = np.frombuffer(b"".join(grams), dtype=np.uint8)
+    return rows, _hashed_spans(encoded, starts, lengths, n_features)
 
 
 def _normalised_counts(

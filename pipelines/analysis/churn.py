@@ -20,7 +20,7 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,8 +59,13 @@ def _without_combining_marks() -> dict[int, None]:
     return {point: None for point in range(sys.maxunicode + 1) if unicodedata.combining(chr(point))}
 
 
+@lru_cache(maxsize=64)
 def _fold_characters(text: str) -> str:
-    """Character folding shared by texts and patterns (safe for regex syntax)."""
+    """Character folding shared by texts and patterns (safe for regex syntax).
+
+    Cached: ``ChurnDetector.find`` folds a text once per language, and the case folding before
+    this step differs only for Turkish.
+    """
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = decomposed.translate(_without_combining_marks())
     folded = unicodedata.normalize("NFC", stripped).replace("\u0131", "i")  # dotless i
@@ -210,14 +215,9 @@ class ChurnDetector:
             return []
         languages = sorted(self._languages, key=lambda language: language != lang)
         matches: list[ChurnMatch] = []
-        # Case folding differs by language (Turkish i); the rest of the folding need not.
-        folded: dict[str, str] = {}
         for language in languages:
             compiled = self._languages[language]
-            casefolded = casefold_for_matching(text, language)
-            if casefolded not in folded:
-                folded[casefolded] = _fold_characters(casefolded)
-            form = folded[casefolded]
+            form = matching_form(text, language)
             for guard in compiled.not_churn:
                 form = guard.sub(_MASK, form)
             for kind, pattern in compiled.patterns:
