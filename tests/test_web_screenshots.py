@@ -1,8 +1,10 @@
 """Headless Chromium renders the triage page (inbox, and an alert page with Persian text) from a
-real uvicorn server; the screenshots are written to docs/screenshots/ for the README."""
+real uvicorn server. The screenshots go to the test's temporary folder; with
+``FEEDBACK_UPDATE_SCREENSHOTS=1`` they replace docs/screenshots/ (the README's images)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -137,9 +139,9 @@ def test_inbox_and_persian_alert_page_render_in_headless_chromium(
         alerts = seed(store, config, RECORDS)
         _unflagged_similar(store)
         with live_web(store, config) as web:
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            inbox = SCREENSHOTS / "inbox.png"
-            alert = SCREENSHOTS / "alert-fa.png"
+            folder = SCREENSHOTS if os.environ.get("FEEDBACK_UPDATE_SCREENSHOTS") else tmp_path
+            folder.mkdir(parents=True, exist_ok=True)
+            inbox, alert = folder / "inbox.png", folder / "alert-fa.png"
             _shoot(chromium, web.url + web.link(ADMIN, "", "inbox"), inbox, tmp_path / "p1", 620)
             _shoot(
                 chromium,
