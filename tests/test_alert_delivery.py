@@ -230,12 +230,17 @@ def test_two_delivery_loops_at_once_mail_each_recipient_each_alert_once(
         barrier = threading.Barrier(2)
         failures: list[BaseException] = []
 
+        # Each loop runs its own simulated clock; on a loaded host one can run 15 simulated
+        # minutes ahead of the other and would take the other's live claims for a crashed run's
+        # (claim_timeout_s 900). Real loops share one clock; the timeout here outlasts the test.
+        policy = DeliveryPolicy(claim_timeout_s=3600)
+
         def loop(store: Store) -> None:
             try:
                 mailer = Mailer.from_env(environ=_environ(port))
                 barrier.wait()
                 for minute in range(0, 30, 3):
-                    deliver_pending(store, mailer, T0 + timedelta(minutes=minute))
+                    deliver_pending(store, mailer, T0 + timedelta(minutes=minute), policy)
             except BaseException as exc:  # reported by the main thread
                 failures.append(exc)
 
