@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, RowMapping, and_, exists, func, or_, select, true
 
 from pipelines.storage import schema
 from pipelines.storage._store import Store
@@ -146,23 +146,26 @@ def scoped_ids(store: Store, scope: RecordScope) -> list[str]:
         return list(connection.execute(query).scalars())
 
 
-def iter_chunks(store: Store, scope: RecordScope, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """The records in ``scope`` (duplicates excluded), oldest first, ``chunk_size`` at a time.
+def _keyset_pages(
+    store: Store, columns: Sequence[Any], scope: RecordScope, chunk_size: int
+) -> Iterator[list[RowMapping]]:
+    """``columns`` of the records in ``scope`` (duplicates excluded), oldest first, by pages.
 
     Pages by ``(created_at, id)`` with a fresh connection per page, so saving between pages is
     safe and only one page is in memory.
 
     Args:
         store: The database.
+        columns: Columns of ``feedback`` to read (``created_at`` and ``id`` are always read).
         scope: ``run_scope``, ``range_scope``.
-        chunk_size: Records per chunk.
+        chunk_size: Records per page.
 
     Yields:
-        Rows of ``feedback`` without ``raw``.
+        Lists of rows.
     """
     table = schema.feedback
     query = (
-        select(*_analysed_columns())
+        select(*columns, table.c.created_at.label("_after_time"), table.c.id.label("_after_id"))
         .where(_condition(scope))
         .order_by(table.c.created_at, table.c.id)
         .limit(chunk_size)
@@ -173,14 +176,33 @@ def iter_chunks(store: Store, scope: RecordScope, chunk_size: int) -> Iterator[p
             rows = connection.execute(query.where(after)).mappings().all()
         if not rows:
             return
-        yield pd.DataFrame(rows)
+        yield list(rows)
         if len(rows) < chunk_size:
             return
-        last_time, last_id = rows[-1]["created_at"], rows[-1]["id"]
+        last_time, last_id = rows[-1]["_after_time"], rows[-1]["_after_id"]
         after = or_(
             table.c.created_at > last_time,
             and_(table.c.created_at == last_time, table.c.id > last_id),
         )
+
+
+def iter_chunks(store: Store, scope: RecordScope, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The records in ``scope`` (duplicates excluded), oldest first, ``chunk_size`` at a time.
+
+    Pages as ``_keyset_pages`` does: saving between chunks is safe, one chunk is in memory.
+
+    Args:
+        store: The database.
+        scope: ``run_scope``, ``range_scope``.
+        chunk_size: Records per chunk.
+
+    Yields:
+        Rows of ``feedback`` without ``raw``.
+    """
+    columns = _analysed_columns()
+    names = [column.name for column in columns]
+    for rows in _keyset_pages(store, columns, scope, chunk_size):
+        yield pd.DataFrame(rows)[names]
 
 
 def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = ()) -> pd.DataFrame:

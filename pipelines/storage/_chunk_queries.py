@@ -11,10 +11,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy import select
 
 from pipelines.storage import schema
-from pipelines.storage._analysis_queries import _analysed_columns, _condition
+from pipelines.storage._analysis_queries import _analysed_columns, _keyset_pages
 from pipelines.storage._report_queries import _frame_of_records
 from pipelines.storage._store import Store
 
@@ -68,27 +68,8 @@ def scoped_id_chunks(store: Store, scope: Any, chunk_size: int) -> Iterator[list
     Yields:
         Lists of record ids.
     """
-    table = schema.feedback
-    query = (
-        select(table.c.id, table.c.created_at)
-        .where(_condition(scope))
-        .order_by(table.c.created_at, table.c.id)
-        .limit(chunk_size)
-    )
-    after: ColumnElement[bool] = true()
-    while True:
-        with store.engine.connect() as connection:
-            rows = connection.execute(query.where(after)).all()
-        if not rows:
-            return
-        yield [str(row[0]) for row in rows]
-        if len(rows) < chunk_size:
-            return
-        last_id, last_time = rows[-1]
-        after = or_(
-            table.c.created_at > last_time,
-            and_(table.c.created_at == last_time, table.c.id > last_id),
-        )
+    for rows in _keyset_pages(store, [schema.feedback.c.id], scope, chunk_size):
+        yield [str(row["id"]) for row in rows]
 
 
 def records_by_ids(store: Store, ids: Sequence[str]) -> pd.DataFrame:
