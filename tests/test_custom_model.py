@@ -23,6 +23,7 @@ from pipelines.storage import (
     Label,
     Store,
     list_models,
+    model_artifact,
     promote_model,
     record_labels,
     register_model,
@@ -155,7 +156,8 @@ def test_train_sentiment_db_registers_a_candidate_from_the_labels(
             [Label(f"r{n}", sentiment="negative" if n % 2 == 0 else "positive") for n in range(12)],
         )
     config = tmp_path / "training.yaml"
-    config.write_text("epochs: 3\nhead: {hidden_dim: 0}\nencoder_layers: [12]\n", encoding="utf-8")
+    # The default: a warm start from the model in use (the committed head), two epochs.
+    config.write_text("custom: {epochs: 2}\n", encoding="utf-8")
     datasets = _tiny_datasets(tmp_path / "datasets")
     args = ["train", "sentiment", "--config", str(config), "--datasets", str(datasets)]
     result = CliRunner().invoke(app, [*args, "--db", db_url])
@@ -168,6 +170,9 @@ def test_train_sentiment_db_registers_a_candidate_from_the_labels(
     assert set(model.metrics["candidate"]["languages"]) == {"tr"}
     assert model.status == "candidate" and model.parent_version == _COMMITTED["version"]
     assert f"registered {model.version}" in result.output
+    with Store(db_url) as store:
+        training = model_artifact(store, model.version).head_metadata["training"]
+    assert training["warm_start_from"] == _COMMITTED["version"] and training["best_epoch"] == 2
 
     # Training is deterministic: --promote registers the same version and obeys its gate.
     result = CliRunner().invoke(app, [*args, "--db", db_url, "--promote"])

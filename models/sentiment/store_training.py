@@ -198,6 +198,10 @@ def train_candidate(
 ) -> Candidate:
     """Train on the shared sets plus the store's labels, then score against the model in use.
 
+    With ``custom.warm_start`` (the default) the candidate continues from ``current`` for a few
+    epochs, so it keeps what ``current`` does on the shared sets and learns the store's labels;
+    otherwise it is trained from scratch like ``feedback train sentiment``.
+
     Args:
         store: The database with the labels (weak labels from stars are added first).
         config: Training configuration (``datasets`` selects shared sets; the store's set is
@@ -218,7 +222,8 @@ def train_candidate(
     cache = FeatureCache(encoder, cache_root, layers=config.encoder_layers)
     with tempfile.TemporaryDirectory(prefix="feedback-train-") as folder:
         write_training_folder(folder, datasets_dir or shared_datasets_dir(), sets)
-        training = train_head(config, cache, folder, progress)
+        start = current if config.custom.warm_start else None
+        training = train_head(config, cache, folder, progress, start)
         chosen = select_datasets(discover_datasets(folder), config.datasets)
         dev: list[DatasetSplit] = [
             split for info in chosen if not (split := read_split(info, "dev")).frame.empty

@@ -79,6 +79,18 @@ class HeadSettings(BaseModel):
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
 
 
+class CustomTraining(BaseModel):
+    """How ``feedback train sentiment --db`` trains a candidate on the store's labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warm_start: bool = Field(
+        True, description="continue from the model in use (else train from scratch)"
+    )
+    epochs: int = Field(3, ge=1, description="epochs of a warm start (the last one is kept)")
+    learning_rate: float = Field(1e-4, gt=0, description="learning rate of a warm start")
+
+
 class TrainingConfig(BaseModel):
     """``configs/training.yaml``."""
 
@@ -86,6 +98,7 @@ class TrainingConfig(BaseModel):
 
     datasets: DatasetSelection = Field(default_factory=DatasetSelection)
     head: HeadSettings = Field(default_factory=HeadSettings)
+    custom: CustomTraining = Field(default_factory=CustomTraining)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(5e-4, gt=0)
@@ -315,14 +328,55 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, binary: np.ndarray) 
     return best
 
 
+def _warm_module(
+    start: SentimentHead, config: TrainingConfig, mean: np.ndarray, scale: np.ndarray
+) -> torch.nn.Module:
+    """A module computing ``start``'s logits from features standardised by ``mean``/``scale``.
+
+    ``start``'s first layer has its own standardisation folded in; it is unfolded for this one,
+    so training steps act on standardised inputs as they do from scratch.
+    """
+    metadata = start.metadata
+    if (metadata.input_dim, metadata.hidden_dim, metadata.encoder_layers) != (
+        384 * len(config.encoder_layers),
+        config.head.hidden_dim,
+        list(config.encoder_layers),
+    ):
+        raise ConfigError(
+            f"the model in use ({metadata.version}: hidden_dim {metadata.hidden_dim}, layers "
+            f"{metadata.encoder_layers}) has another shape than training.yaml's head; set "
+            "custom.warm_start: false to train a candidate from scratch"
+        )
+    module = _module(metadata.input_dim, config.head)
+    layers = [layer for layer in module.modules() if isinstance(layer, torch.nn.Linear)]
+    names = ["out"] if len(layers) == 1 else ["hidden", "out"]
+    first_weight = start.weights[f"{names[0]}.weight"].astype(np.float64)
+    unfolded = {
+        f"{names[0]}.weight": first_weight * scale,
+        f"{names[0]}.bias": start.weights[f"{names[0]}.bias"] + first_weight @ mean,
+    }
+    with torch.no_grad():
+        for layer, name in zip(layers, names, strict=True):
+            for part in ("weight", "bias"):
+                value = unfolded.get(f"{name}.{part}", start.weights[f"{name}.{part}"])
+                getattr(layer, part).copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+    return module
+
+
 def fit_head(
     config: TrainingConfig,
     train: _Features,
     dev: _Features,
     encoder_version: str,
     progress: Callable[[str], None] | None = None,
+    start: SentimentHead | None = None,
 ) -> tuple[SentimentHead, int]:
-    """Train the head on stacked features; keep the epoch with the best mean dev macro-F1.
+    """Train the head on stacked features.
+
+    From scratch the epoch with the best mean dev macro-F1 is kept. From ``start`` (a warm start,
+    ``custom`` in training.yaml) training continues for ``custom.epochs`` at
+    ``custom.learning_rate`` and the last epoch is kept: the dev sets cannot choose an epoch
+    for rows (the store's labels) they do not contain.
 
     Args:
         config: Training configuration (head shape, optimiser, balancing, seed, layers).
@@ -330,22 +384,31 @@ def fit_head(
         dev: Dev rows (epoch selection only).
         encoder_version: Encoder behind the features.
         progress: Called with one line per epoch.
+        start: Head to continue from (same shape as ``config.head``), or None.
 
     Returns:
-        ``(head, best epoch)``; the head is untempered and unversioned.
+        ``(head, kept epoch)``; the head is untempered and unversioned.
+
+    Raises:
+        ConfigError: ``start`` has another shape than ``config.head``.
     """
     say = progress or (lambda _line: None)
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed)
     mean = train.vectors.mean(axis=0).astype(np.float64)
     scale = train.vectors.std(axis=0).astype(np.float64) + 1e-6
+    if start is None:
+        module = _module(train.vectors.shape[1], config.head)
+        epochs, learning_rate = config.epochs, config.learning_rate
+    else:
+        module = _warm_module(start, config, mean, scale)
+        epochs, learning_rate = config.custom.epochs, config.custom.learning_rate
     inputs = torch.from_numpy(((train.vectors - mean) / scale).astype(np.float32))
     labels = torch.from_numpy(train.labels)
     binary = torch.from_numpy(train.binary)
     weights = torch.from_numpy(row_weights(train, config.balance_classes, config.balance_languages))
-    module = _module(inputs.shape[1], config.head)
     optimiser = torch.optim.AdamW(
-        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        module.parameters(), lr=learning_rate, weight_decay=config.weight_decay
     )
     metadata = HeadMetadata(
         version="unversioned",
@@ -355,7 +418,7 @@ def fit_head(
         encoder_layers=list(config.encoder_layers),
     )
     best_score, best_epoch, best_weights = -1.0, 0, _export(module, mean, scale)
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         module.train()
         order = torch.from_numpy(generator.permutation(len(labels)))
         for start in range(0, len(order), config.batch_size):
@@ -368,7 +431,7 @@ def fit_head(
         candidate = _export(module, mean, scale)
         score = _mean_dev_macro_f1(SentimentHead(candidate, metadata), dev)
         say(f"epoch {epoch}: mean dev macro-F1 {score:.4f}")
-        if score > best_score:
+        if score > best_score or start is not None:
             best_score, best_epoch, best_weights = score, epoch, candidate
     return SentimentHead(best_weights, metadata), best_epoch
 
@@ -397,6 +460,7 @@ def train_head(
     cache: FeatureCache,
     datasets_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    start: SentimentHead | None = None,
 ) -> TrainingResult:
     """Train, select and calibrate a head on the configured sets.
 
@@ -406,6 +470,7 @@ def train_head(
             its encoder).
         datasets_dir: Folder of labelled sets; None uses ``shared_datasets_dir()``.
         progress: Called with one line per step (embedding a set, each epoch).
+        start: Continue from this head (see ``fit_head``) instead of training from scratch.
 
     Returns:
         The head (not yet saved) with its dev metrics.
@@ -431,7 +496,7 @@ def train_head(
                 splits[name].append(split)
     train = _stack(splits["train"], cache)
     dev = _stack(splits["dev"], cache)
-    head, best_epoch = fit_head(config, train, dev, cache.encoder.version, say)
+    head, best_epoch = fit_head(config, train, dev, cache.encoder.version, say, start)
     metadata = head.metadata
     logits = head.logits(dev.vectors).astype(np.float64)
     ece_before = expected_calibration_error(_scored(softmax(logits), dev.binary), dev.labels)
@@ -453,6 +518,7 @@ def train_head(
     metadata.training = config.model_dump(mode="json") | {
         "best_epoch": best_epoch,
         "encoder_dtype_resolved": cache.encoder.dtype,
+        "warm_start_from": None if start is None else start.version,
     }
     report = _dev_report(head, dev)
     metadata.metrics = {
