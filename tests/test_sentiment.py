@@ -194,7 +194,7 @@ def _separable(rows: int, seed: int, relabel: bool = False) -> _Features:
         {"id": range(rows), "text": "", "label": np.where(negative, 0, 2), "lang": "tr"}
     )
     if relabel:
-        frame["weight"] = 4.0  # people's labels (HUMAN_WEIGHT)
+        frame["weight"] = 4.0  # people's labels weigh more
     split = DatasetSplit(DatasetInfo(f"set{seed}_tr", Path("."), "test"), "dev", frame)
     return stack_features([split], [vectors])
 

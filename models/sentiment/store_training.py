@@ -57,7 +57,10 @@ __all__ = [
     "write_training_folder",
 ]
 
-HUMAN_WEIGHT = 4.0
+# Learning curve (models/cards/sentiment.md): with warm-started candidates, 1,000 imported labels
+# of an unseen set gave +4.3 / +5.9 / +5.5 points at weights 4 / 12 / 24 (200 labels: +0.4 /
+# +2.4 / +4.8), every gate passed.
+HUMAN_WEIGHT = 12.0
 RATING_WEIGHT = 0.25
 STORE_SET = "store_labels"
 _LABEL_INDEX = {"negative": 0, "neutral": 1, "positive": 2}
