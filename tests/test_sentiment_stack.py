@@ -131,6 +131,19 @@ def test_binary_rows_never_train_the_ngram_neutral_side() -> None:
     assert not np.allclose(fitted["neutral.weight"], everything["neutral.weight"])
 
 
+def test_a_language_without_neutral_labels_gets_a_neutral_model_without_opinion() -> None:
+    texts = ["bad", "awful", "good", "great"]
+    metadata = NgramMetadata(version="t", char_features=1 << 8, word_features=1 << 6)
+    weights = fit_ngram_language(
+        texts, np.array([0, 0, 2, 2]), np.zeros(4, dtype=bool), np.ones(4), metadata
+    )
+    metadata.languages = ["ro"]
+    model = NgramModel({f"ro.{name}": value for name, value in weights.items()}, metadata)
+    proba = model.predict_proba(["bad", "great", "it is tuesday"], ["ro"] * 3)
+    np.testing.assert_allclose(proba[:, 1], 1 / 3, atol=1e-3)  # weights are stored as float16
+    assert proba[0, 0] > proba[0, 2] and proba[1, 2] > proba[1, 0]
+
+
 def test_stack_without_ngram_weight_or_shift_is_the_head() -> None:
     stack = _stack(LanguageBlend(0.0, 1.0, [0.0, 0.0, 0.0]))
     features = np.random.default_rng(0).normal(size=(4, 384))

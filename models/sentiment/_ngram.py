@@ -256,6 +256,12 @@ def fit_ngram_language(
     polarity.fit(features[sided], labels[sided] == 2, sample_weight=weights[sided])
     result["polarity.weight"] = polarity.coef_[0]
     result["polarity.bias"] = polarity.intercept_.astype(np.float64)
+    if not has_neutral.any():
+        # No set of the language labels neutral (e.g. its 3-class sets excluded or held out):
+        # the model has no opinion on neutral, one in three for every text.
+        result["neutral.weight"] = np.zeros(features.shape[1])
+        result["neutral.bias"] = np.array([np.log(0.5)])
+        return result
     neutral = LogisticRegression(C=regularisation, max_iter=2000, solver="liblinear")
     neutral.fit(features[has_neutral], labels[has_neutral] == 1, sample_weight=weights[has_neutral])
     result["neutral.weight"] = neutral.coef_[0]
