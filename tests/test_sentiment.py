@@ -217,7 +217,16 @@ def test_warm_start_continues_from_the_model_in_use_and_learns_new_labels() -> N
         }
     )
     shared = _separable(600, seed=1)
-    start, _ = fit_head(config, shared, _separable(300, seed=4), "enc-1")
+    scores: list[float] = []
+    start, kept = fit_head(
+        config,
+        shared,
+        _separable(300, seed=4),
+        "enc-1",
+        lambda line: scores.append(float(line.split()[-1])),
+    )
+    # From scratch the best dev epoch is kept, not the last.
+    assert scores[kept - 1] == max(scores) > scores[-1]
     # The warm module computes the start's logits from features standardised its own way.
     mean, scale = shared.vectors.mean(axis=0) + 0.01, shared.vectors.std(axis=0) + 0.5
     standardised = torch.from_numpy((shared.vectors - mean) / scale)

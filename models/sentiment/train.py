@@ -421,8 +421,8 @@ def fit_head(
     for epoch in range(1, epochs + 1):
         module.train()
         order = torch.from_numpy(generator.permutation(len(labels)))
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
+        for offset in range(0, len(order), config.batch_size):
+            batch = order[offset : offset + config.batch_size]
             optimiser.zero_grad()
             loss = _loss(module(inputs[batch]), labels[batch], binary[batch], weights[batch])
             loss.backward()
