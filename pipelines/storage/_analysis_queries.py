@@ -156,7 +156,8 @@ def _keyset_pages(
 
     Args:
         store: The database.
-        columns: Columns of ``feedback`` to read (``created_at`` and ``id`` are always read).
+        columns: Columns of ``feedback`` to read, ``created_at`` and ``id`` (the page key) among
+            them.
         scope: ``run_scope``, ``range_scope``.
         chunk_size: Records per page.
 
@@ -165,7 +166,7 @@ def _keyset_pages(
     """
     table = schema.feedback
     query = (
-        select(*columns, table.c.created_at.label("_after_time"), table.c.id.label("_after_id"))
+        select(*columns)
         .where(_condition(scope))
         .order_by(table.c.created_at, table.c.id)
         .limit(chunk_size)
@@ -179,7 +180,7 @@ def _keyset_pages(
         yield list(rows)
         if len(rows) < chunk_size:
             return
-        last_time, last_id = rows[-1]["_after_time"], rows[-1]["_after_id"]
+        last_time, last_id = rows[-1]["created_at"], rows[-1]["id"]
         after = or_(
             table.c.created_at > last_time,
             and_(table.c.created_at == last_time, table.c.id > last_id),
@@ -199,10 +200,8 @@ def iter_chunks(store: Store, scope: RecordScope, chunk_size: int) -> Iterator[p
     Yields:
         Rows of ``feedback`` without ``raw``.
     """
-    columns = _analysed_columns()
-    names = [column.name for column in columns]
-    for rows in _keyset_pages(store, columns, scope, chunk_size):
-        yield pd.DataFrame(rows)[names]
+    for rows in _keyset_pages(store, _analysed_columns(), scope, chunk_size):
+        yield pd.DataFrame(rows)
 
 
 def load_run_records(store: Store, run_id: str, unanalysed_by: Sequence[str] = ()) -> pd.DataFrame:

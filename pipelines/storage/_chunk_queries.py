@@ -68,7 +68,8 @@ def scoped_id_chunks(store: Store, scope: Any, chunk_size: int) -> Iterator[list
     Yields:
         Lists of record ids.
     """
-    for rows in _keyset_pages(store, [schema.feedback.c.id], scope, chunk_size):
+    table = schema.feedback
+    for rows in _keyset_pages(store, [table.c.id, table.c.created_at], scope, chunk_size):
         yield [str(row["id"]) for row in rows]
 
 

@@ -50,7 +50,7 @@ _DUCKDB_CONFIG = {"max_vacuum_tasks": 0}
 # and registers its pandas scan just after creating it: a thread opening the file while another
 # creates or closes that instance could get it without the scan ("Table Function with name
 # pandas_scan does not exist" on the next bulk insert) or a file handle conflict. Opens and
-# closes of this process are therefore serialised (benchmarks: 12 ms an open, no waits).
+# closes of this process are therefore serialised (an open takes ~12 ms).
 _INSTANCE_LOCK = threading.Lock()
 
 
