@@ -288,14 +288,14 @@ class Encoder:
                     [_BOS_ID, *content[start : start + WINDOW_CONTENT_TOKENS], _EOS_ID]
                 )
 
-        sums = self._window_means(window_ids, batch_size, layers)
+        pooled = self._window_means(window_ids, batch_size, layers)
         if len(window_ids) > len(texts):
             # Token-weighted sum of each text's windows (a text's windows are consecutive).
             weights = np.array([max(len(ids) - 2, 1) for ids in window_ids], dtype=np.float64)
             starts = np.flatnonzero(np.diff(window_text, prepend=-1))
-            sums = np.add.reduceat(sums * weights[:, None, None], starts, axis=0)
-        norms = np.sqrt(np.maximum(np.sum(sums * sums, axis=2, keepdims=True), 1e-24))
-        return (sums / norms).reshape(len(texts), -1).astype(np.float32)
+            pooled = np.add.reduceat(pooled * weights[:, None, None], starts, axis=0)
+        norms = np.sqrt(np.maximum(np.sum(pooled * pooled, axis=2, keepdims=True), 1e-24))
+        return (pooled / norms).reshape(len(texts), -1).astype(np.float32)
 
     def _window_means(
         self, window_ids: list[list[int]], batch_size: int, layers: tuple[int, ...]
