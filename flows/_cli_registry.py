@@ -17,7 +17,7 @@ from pipelines._errors import PromotionRefused
 from pipelines.storage import Store
 
 if TYPE_CHECKING:
-    from models.sentiment.store_models import ModelScores
+    from models.sentiment.store_models import ModelScores, SentimentModel
 
 __all__ = ["register", "train_from_store"]
 
@@ -33,10 +33,22 @@ def _gate_failures(metrics: dict[str, object]) -> list[str]:
     return list(gate.get("reasons", [])) if isinstance(gate, dict) else ["no gate recorded"]
 
 
-def _committed_head_path() -> Path:
+def _committed_model_path() -> Path:
+    """The committed stack's JSON when sentiment.yaml names one, else the committed head's."""
     from pipelines.analysis.sentiment import load_sentiment_config
 
-    return load_sentiment_config().e5_head.head_path
+    settings = load_sentiment_config().e5_head
+    return settings.stack_path or settings.head_path
+
+
+def _committed_model() -> SentimentModel:
+    from models.sentiment import SentimentHead, StackedSentiment
+    from pipelines.analysis.sentiment import load_sentiment_config
+
+    settings = load_sentiment_config().e5_head
+    if settings.stack_path is not None:
+        return StackedSentiment.load(settings.stack_path)
+    return SentimentHead.load(settings.head_path)
 
 
 def train_from_store(
@@ -56,8 +68,7 @@ def train_from_store(
             registered).
     """
     from models.encoder import Encoder
-    from models.sentiment import SentimentHead
-    from models.sentiment.store_models import MODEL_KIND, head_artifact, head_from_artifact
+    from models.sentiment.store_models import MODEL_KIND, model_artifact_data, model_from_artifact
     from models.sentiment.store_training import train_candidate
     from models.sentiment.train import load_training_config
     from pipelines.storage import model_artifact, promote_model, promoted_model, register_model
@@ -67,17 +78,17 @@ def train_from_store(
     with Store(db) as store:
         in_use = promoted_model(store, MODEL_KIND)
         current = (
-            head_from_artifact(model_artifact(store, in_use.version))
+            model_from_artifact(model_artifact(store, in_use.version))
             if in_use is not None
-            else SentimentHead.load(_committed_head_path())
+            else _committed_model()
         )
         candidate = train_candidate(
             store, settings, encoder, current, datasets_dir, err_console.print
         )
-        weights, metadata = head_artifact(candidate.head)
+        weights, metadata = model_artifact_data(candidate.model)
         register_model(
             store,
-            version=candidate.head.version,
+            version=candidate.model.version,
             kind=MODEL_KIND,
             head_metadata=metadata,
             weights=weights,
@@ -86,7 +97,7 @@ def train_from_store(
         )
         _print_comparison(candidate.scores, candidate.current)
         console.print(
-            f"registered {candidate.head.version} (store labels trained on: "
+            f"registered {candidate.model.version} (store labels trained on: "
             f"{candidate.trained_rows or 'none'}); gate "
             + (
                 "passed"
@@ -98,11 +109,11 @@ def train_from_store(
             return
         if not candidate.gate.passed:
             raise PromotionRefused(
-                f"{candidate.head.version} not promoted: {'; '.join(candidate.gate.reasons)}. "
+                f"{candidate.model.version} not promoted: {'; '.join(candidate.gate.reasons)}. "
                 f"{current.version} stays in use"
             )
-        promote_model(store, candidate.head.version)
-    console.print(f"promoted {candidate.head.version} (was {current.version})")
+        promote_model(store, candidate.model.version)
+    console.print(f"promoted {candidate.model.version} (was {current.version})")
 
 
 def _print_comparison(candidate: ModelScores, current: ModelScores) -> None:
@@ -149,7 +160,7 @@ def list_command(
                 "gate": "passed" if not _gate_failures(model.metrics) else "failed",
             }
         )
-    title = f"Sentiment models ({len(models)}; none promoted: committed head)"
+    title = f"Sentiment models ({len(models)}; none promoted: the committed model)"
     columns = (
         "version",
         "status",
@@ -190,7 +201,7 @@ def promote_command(
 
 @models_app.command("rollback")
 def rollback_command(db: DbOption = None, config: ConfigOption = None) -> None:
-    """Go back to the model promoted before the current one (or to the committed head)."""
+    """Go back to the model promoted before the current one (or to the committed model)."""
     from models.sentiment.store_models import MODEL_KIND
     from pipelines.storage import rollback_model
 
@@ -198,7 +209,7 @@ def rollback_command(db: DbOption = None, config: ConfigOption = None) -> None:
         retired, restored = rollback_model(store, MODEL_KIND)
     console.print(
         f"retired {retired}; now using "
-        + (restored or f"the committed head ({os.path.basename(_committed_head_path())})")
+        + (restored or f"the committed model ({os.path.basename(_committed_model_path())})")
     )
 
 

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from models.encoder import default_cache_root, encoder_version
-from models.sentiment import HeadMetadata, SentimentHead
-from models.sentiment.store_models import head_artifact
+from models.sentiment import HeadMetadata, SentimentHead, StackedSentiment
+from models.sentiment.store_models import SentimentModel, model_artifact_data
+from models.sentiment.store_training import custom_stack
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import (
@@ -43,8 +44,8 @@ def _always_negative_head() -> SentimentHead:
     return SentimentHead(weights, metadata)
 
 
-def _promote(store: Store, head: SentimentHead) -> None:
-    weights, metadata = head_artifact(head)
+def _promote(store: Store, head: SentimentModel) -> None:
+    weights, metadata = model_artifact_data(head)
     register_model(
         store,
         version=head.version,
@@ -87,10 +88,13 @@ def test_analyze_db_uses_the_promoted_model_until_rolled_back(db_url: str, tmp_p
 
 def test_stored_predictions_record_the_promoted_version(store: Store) -> None:
     stage = SentimentStage.from_config()
-    batch = pd.DataFrame({"id": ["r1"], "text": ["Kargo çok hızlı geldi, teşekkürler."]})
+    batch = pd.DataFrame(
+        {"id": ["r1"], "text": ["Kargo çok hızlı geldi, teşekkürler."], "lang": ["tr"]}
+    )
     context = StageContext(store, "run-1")
     stage.prepare(context)
     assert stage.version == _COMMITTED_STACK["version"]
+    committed_scores = stage.run(batch, context)["sentiment_scores"][0]
     _promote(store, _always_negative_head())
     stage.prepare(context)
     assert stage.version == "custom-always-negative"
@@ -98,6 +102,16 @@ def test_stored_predictions_record_the_promoted_version(store: Store) -> None:
     with store.engine.connect() as connection:
         saved = connection.execute(select(schema.sentiment)).mappings().one()
     assert saved["model_version"] == "custom-always-negative" and saved["label"] == "negative"
+
+    # A promoted stack runs with its n-gram models: the committed stack's parts under a custom
+    # version score exactly as the committed stack does (the head alone scores otherwise).
+    committed = StackedSentiment.load("models/heads/sentiment-stack.json")
+    custom = custom_stack(committed, committed.head, [])
+    assert custom.version.startswith("sentiment-custom-") and custom.version != committed.version
+    _promote(store, custom)
+    stage.prepare(context)
+    assert stage.version == custom.version
+    assert stage.run(batch, context)["sentiment_scores"][0] == committed_scores
 
 
 _TINY = {
@@ -156,7 +170,7 @@ def test_train_sentiment_db_registers_a_candidate_from_the_labels(
             [Label(f"r{n}", sentiment="negative" if n % 2 == 0 else "positive") for n in range(12)],
         )
     config = tmp_path / "training.yaml"
-    # The default: a warm start from the model in use (the committed head), two epochs.
+    # The default: a warm start from the model in use (the committed stack's head), two epochs.
     config.write_text("custom: {epochs: 2}\n", encoding="utf-8")
     datasets = _tiny_datasets(tmp_path / "datasets")
     args = ["train", "sentiment", "--config", str(config), "--datasets", str(datasets)]
@@ -168,11 +182,18 @@ def test_train_sentiment_db_registers_a_candidate_from_the_labels(
     assert model.metrics["store_rows"] == {"human": 8, "rating": 8}
     assert model.metrics["candidate"]["holdout_rows"] == 4
     assert set(model.metrics["candidate"]["languages"]) == {"tr"}
-    assert model.status == "candidate" and model.parent_version == _COMMITTED["version"]
+    assert model.status == "candidate"
     assert f"registered {model.version}" in result.output
     with Store(db_url) as store:
-        training = model_artifact(store, model.version).head_metadata["training"]
+        stored = model_artifact(store, model.version).head_metadata
+    training = stored["training"]
     assert training["warm_start_from"] == _COMMITTED["version"] and training["best_epoch"] == 2
+    # The model in use is the committed stack, so the candidate is a stack too: its Turkish
+    # n-gram model refitted with the 16 Turkish store labels, the blends kept.
+    assert model.version.startswith("sentiment-custom-")
+    assert model.parent_version == _COMMITTED_STACK["version"]
+    assert stored["stack"]["ngram"]["training"]["store_labels"] == {"tr": 16}
+    assert stored["stack"]["blend"]["languages"] == _COMMITTED_STACK["languages"]
 
     # Training is deterministic: --promote registers the same version and obeys its gate.
     result = CliRunner().invoke(app, [*args, "--db", db_url, "--promote"])

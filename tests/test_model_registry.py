@@ -12,14 +12,24 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from models.sentiment import DatasetInfo, DatasetSplit, HeadMetadata, SentimentHead
+from models.sentiment import (
+    DatasetInfo,
+    DatasetSplit,
+    HeadMetadata,
+    NgramMetadata,
+    NgramModel,
+    SentimentHead,
+    StackedSentiment,
+    StackMetadata,
+)
 from models.sentiment.store_models import (
     GateDecision,
-    head_artifact,
-    head_from_artifact,
+    SentimentModel,
     is_held_back,
+    model_artifact_data,
+    model_from_artifact,
     promotion_gate,
-    score_head,
+    score_model,
 )
 from pipelines._errors import ModelVersionError
 from pipelines.storage import (
@@ -125,8 +135,8 @@ def test_gate_refuses_a_worse_model_and_passes_a_better_one() -> None:
     good = _head("good", _DIRECTIONS)
     # Confuses negative with neutral: worse everywhere.
     worse = _head("worse", _DIRECTIONS[[1, 0, 2]])
-    good_scores = score_head(good, dev, holdout, _features)
-    worse_scores = score_head(worse, dev, holdout, _features)
+    good_scores = score_model(good, dev, holdout, _features)
+    worse_scores = score_model(worse, dev, holdout, _features)
     assert good_scores.languages["tr"] > 0.95 and worse_scores.languages["tr"] < 0.5
     assert good_scores.holdout_rows == 30
 
@@ -146,7 +156,7 @@ def test_gate_refuses_a_worse_model_and_passes_a_better_one() -> None:
         holdout_macro_f1=good_scores.holdout_macro_f1 + 0.01,
     )
     assert promotion_gate(tolerated, good_scores).passed
-    unlabelled = score_head(good, dev, holdout.iloc[0:0], _features)
+    unlabelled = score_model(good, dev, holdout.iloc[0:0], _features)
     assert "no held-back human labels" in promotion_gate(unlabelled, unlabelled).reasons[0]
 
 
@@ -157,22 +167,65 @@ def test_held_back_slice_is_stable_and_about_one_in_five() -> None:
     assert held == [record_id for record_id in ids if is_held_back(record_id)]
 
 
-def test_head_round_trips_through_the_registry(store: Store) -> None:
-    head = _head("v-good", _DIRECTIONS)
-    weights, metadata = head_artifact(head)
+def _stack(head: SentimentHead) -> StackedSentiment:
+    """``head`` blended with a tiny Turkish n-gram model of random weights."""
+    metadata = NgramMetadata(
+        version="ngram-test", char_features=64, word_features=32, languages=["tr"]
+    )
+    generator = np.random.default_rng(3)
+    weights = {
+        f"tr.{part}.{name}": generator.normal(scale=3.0, size=size)
+        for part in ("polarity", "neutral")
+        for name, size in (("weight", 96), ("bias", 1))
+    }
+    ngram = NgramModel(weights, metadata)
+    blend = {"ngram_weight": 0.5, "temperature": 0.8, "bias": [0.2, -0.1, 0.0]}
+    stack = StackMetadata(
+        version="custom-stack-test",
+        head="",
+        ngram="",
+        head_version=head.version,
+        ngram_version=ngram.version,
+        languages={"tr": blend},
+    )
+    return StackedSentiment(head, ngram, stack)
+
+
+def _register_model(store: Store, model: SentimentModel) -> None:
+    weights, metadata = model_artifact_data(model)
     register_model(
         store,
-        version=head.version,
+        version=model.version,
         kind="sentiment",
         head_metadata=metadata,
         weights=weights,
         metrics={},
         parent_version=None,
     )
-    loaded = head_from_artifact(model_artifact(store, head.version))
-    vectors = _features(["0-1", "1-2", "2-3"])
+
+
+def test_heads_and_stacks_round_trip_through_the_registry(store: Store) -> None:
+    head = _head("v-good", _DIRECTIONS)
+    stack = _stack(_head("v-stacked", _DIRECTIONS[[0, 2, 1]]))
+    _register_model(store, head)
+    _register_model(store, stack)
+    texts = ["0-1", "1-2", "2-3", "0-kargo geç geldi"]
+    vectors = _features(texts)
+
+    loaded = model_from_artifact(model_artifact(store, head.version))
+    assert isinstance(loaded, SentimentHead) and loaded.metadata == head.metadata
     np.testing.assert_allclose(loaded.predict_proba(vectors), head.predict_proba(vectors))
-    assert loaded.metadata == head.metadata
+
+    restored = model_from_artifact(model_artifact(store, stack.version))
+    assert isinstance(restored, StackedSentiment) and restored.version == "custom-stack-test"
+    assert restored.head.metadata == stack.head.metadata
+    langs = ["tr", "tr", "en", "tr"]
+    expected = stack.predict_proba(vectors, texts, langs)
+    np.testing.assert_allclose(restored.predict_proba(vectors, texts, langs), expected)
+    # The n-gram blend is part of what was stored: Turkish rows differ from the head alone.
+    alone = stack.head.predict_proba(vectors)
+    assert not np.allclose(expected[[0, 1, 3]], alone[[0, 1, 3]])
+    np.testing.assert_allclose(expected[2], alone[2])
 
 
 def test_models_cli_refuses_a_candidate_that_failed_its_gate(db_url: str) -> None:

@@ -1,11 +1,13 @@
 """Learning curve of a custom model: a set the model never saw, before and after its labels.
 
-Trains the head without the held-out set (leave-one-dataset-out), then imports 200 and 1,000 of
-the set's own train rows as human labels into a scratch store and trains candidates exactly as
-``feedback train sentiment --db`` does (one label in five held back for the gate), scoring every
-head on the set's dev rows, which are never imported. Prints a markdown table; with ``--out``
-writes it too. Nothing from the data sets is written outside the temporary folder and the
-feature cache. Run::
+Builds the model without the held-out set (leave-one-dataset-out): the head, and the stack over
+it (n-gram models and blends fitted on the other sets, as ``python -m models.sentiment.stack``
+does), then imports 200 and 1,000 of the set's own train rows as human labels into a scratch
+store and trains candidates exactly as ``feedback train sentiment --db`` does (one label in five
+held back for the gate), scoring every model on the set's dev rows, which are never imported.
+``--head-only`` starts from the head alone (candidates are then heads, the recipe before stacked
+candidates). Prints a markdown table; with ``--out`` writes it too. Nothing from the data sets
+is written outside the temporary folder and the feature cache. Run::
 
     nice -n 10 python -m models.sentiment.learning_curve --heldout turkish_tweets_binary_tr \\
         --out benchmarks/learning_curve.md
@@ -36,10 +38,12 @@ from models.sentiment._datasets import (
     shared_datasets_dir,
 )
 from models.sentiment._features import FeatureCache
-from models.sentiment._head import SentimentHead
+from models.sentiment.stack import build_stack
+from models.sentiment.store_models import SentimentModel, model_proba
 from models.sentiment.store_training import train_candidate
 from models.sentiment.train import (
     DatasetSelection,
+    TrainingConfig,
     load_training_config,
     select_datasets,
     train_head,
@@ -73,9 +77,28 @@ def _capped_copy(
     return folder
 
 
-def _macro_f1(head: SentimentHead, cache: FeatureCache, split: DatasetSplit) -> float:
-    proba = head.predict_proba(cache.embeddings(split.frame["text"].tolist()))
+def _macro_f1(model: SentimentModel, cache: FeatureCache, split: DatasetSplit) -> float:
+    texts = split.frame["text"].tolist()
+    proba = model_proba(model, cache.embeddings(texts), texts, split.frame["lang"].tolist())
     return score_predictions(split.labels, scored_proba(proba, split.has_neutral)).macro_f1
+
+
+def _stack_without(
+    head_only: SentimentModel, cache: FeatureCache, datasets: Path, config: TrainingConfig
+) -> SentimentModel:
+    """The stack over ``head_only`` fitted on the sets in ``datasets`` (the held-out one absent)."""
+    from models.sentiment.lodo import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
+
+    chosen = select_datasets(discover_datasets(datasets), config.datasets)
+    train = [read_split(info, "train") for info in chosen]
+    dev = [read_split(info, "dev") for info in chosen]
+    keep = [i for i in range(len(chosen)) if not train[i].frame.empty and not dev[i].frame.empty]
+    train, dev = [train[i] for i in keep], [dev[i] for i in keep]
+    features = [cache.embeddings(split.frame["text"].tolist()) for split in dev]
+    stack, _ = build_stack(
+        head_only, train, dev, features, FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
+    )
+    return stack
 
 
 def _store_with(pool: DatasetSplit, path: Path) -> Store:
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--datasets", type=Path, default=None, help="../shared/datasets")
     parser.add_argument("--max-train-rows", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--head-only", action="store_true", help="head candidates, no stack")
     args = parser.parse_args(argv)
 
     config = load_training_config(args.config)
@@ -139,7 +163,9 @@ def main(argv: list[str] | None = None) -> str:
         datasets = _capped_copy(
             candidates, others, Path(scratch) / "sets", args.max_train_rows, config.seed
         )
-        base = train_head(config, cache, datasets, say).head
+        base: SentimentModel = train_head(config, cache, datasets, say).head
+        if not args.head_only:
+            base = _stack_without(base, cache, datasets, config)
         base_f1 = _macro_f1(base, cache, scored)
         rows.append((0, 0, base_f1, None))
         say(f"without {heldout.name}: macro-F1 {base_f1:.4f} on its {len(scored.frame)} dev rows")
@@ -156,14 +182,15 @@ def main(argv: list[str] | None = None) -> str:
                 )
                 labelled = size
                 candidate = train_candidate(store, config, encoder, base, datasets, say)
-                f1 = _macro_f1(candidate.head, cache, scored)
+                f1 = _macro_f1(candidate.model, cache, scored)
                 rows.append((size, candidate.trained_rows.get("human", 0), f1, candidate.gate))
                 say(f"{size} labels: macro-F1 {f1:.4f}; gate passed: {candidate.gate.passed}")
     cap = f"{args.max_train_rows}" if args.max_train_rows else "none"
     lines = [
         f"Held-out set `{heldout.name}` ({len(pool.frame)} train rows to label from, scored on "
-        f"its {len(scored.frame)} dev rows); trained with {', '.join(i.name for i in others)}, "
-        f"train rows capped at {cap}; "
+        f"its {len(scored.frame)} dev rows); "
+        f"{'head' if args.head_only else 'stack (head + n-gram models)'} trained with "
+        f"{', '.join(i.name for i in others)}, train rows capped at {cap}; "
         f"{platform.node()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         "",
         "| labels imported | trained on (1 in 5 held back) | dev macro-F1 | change | gate |",

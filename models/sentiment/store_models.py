@@ -1,4 +1,9 @@
-"""Heads kept in the store's model registry: their bytes, their scores and the promotion gate.
+"""Models kept in the store's model registry: their bytes, their scores and the promotion gate.
+
+A registered model is a head alone or a stack (the head blended with per-language n-gram
+models, :class:`~models.sentiment.StackedSentiment`); a stack's n-gram weights travel in the
+same safetensors bytes (names prefixed ``ngram.``) and its n-gram and blend metadata under the
+``stack`` key of the head's JSON.
 
 A candidate trained by ``feedback train sentiment --db`` is promoted only if the gate passes:
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -25,6 +30,8 @@ from safetensors.numpy import load, save
 from models.evaluate import evaluate_splits, score_predictions
 from models.sentiment._datasets import DatasetSplit
 from models.sentiment._head import HeadMetadata, SentimentHead
+from models.sentiment._ngram import NgramMetadata, NgramModel
+from models.sentiment._stacking import StackedSentiment, StackMetadata
 from pipelines.storage import ModelArtifact
 
 __all__ = [
@@ -33,16 +40,23 @@ __all__ = [
     "MODEL_KIND",
     "GateDecision",
     "ModelScores",
-    "head_artifact",
-    "head_from_artifact",
+    "SentimentModel",
     "is_held_back",
+    "model_artifact_data",
+    "model_from_artifact",
+    "model_head",
+    "model_proba",
     "promotion_gate",
-    "score_head",
+    "score_model",
 ]
+
+SentimentModel: TypeAlias = SentimentHead | StackedSentiment
 
 MODEL_KIND = "sentiment"
 MAX_LANGUAGE_DROP = 0.01
 HOLDOUT_EVERY = 5
+_NGRAM_PREFIX = "ngram."
+_STACK_KEY = "stack"
 
 
 def is_held_back(record_id: str) -> bool:
@@ -58,31 +72,90 @@ def is_held_back(record_id: str) -> bool:
     return int.from_bytes(digest, "big") % HOLDOUT_EVERY == 0
 
 
-def head_artifact(head: SentimentHead) -> tuple[bytes, dict[str, Any]]:
-    """A head as registry data.
+def model_head(model: SentimentModel) -> SentimentHead:
+    """The e5 head of a model (itself for a head alone).
 
     Args:
-        head: The head.
+        model: A head or a stack.
+
+    Returns:
+        The head.
+    """
+    return model.head if isinstance(model, StackedSentiment) else model
+
+
+def model_proba(
+    model: SentimentModel, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
+) -> np.ndarray:
+    """Negative/neutral/positive probabilities of a head or a stack.
+
+    Args:
+        model: The model.
+        features: ``(N, input_dim)`` e5 features of ``texts``.
+        texts: The analysis texts (the stack's n-gram models read them).
+        langs: Their language codes.
+
+    Returns:
+        ``(N, 3)`` probabilities.
+    """
+    if isinstance(model, StackedSentiment):
+        return model.predict_proba(features, texts, langs)
+    return model.predict_proba(features)
+
+
+def model_artifact_data(model: SentimentModel) -> tuple[bytes, dict[str, Any]]:
+    """A model as registry data.
+
+    Args:
+        model: A head or a stack.
 
     Returns:
         (safetensors bytes of its float16 weights, its JSON metadata).
     """
+    head = model_head(model)
     weights = {
         name: np.ascontiguousarray(value, dtype=np.float16) for name, value in head.weights.items()
     }
-    return save(weights, metadata={"version": head.version}), asdict(head.metadata)
+    metadata = asdict(head.metadata)
+    if isinstance(model, StackedSentiment):
+        weights |= {
+            _NGRAM_PREFIX + name: np.ascontiguousarray(value, dtype=np.float16)
+            for name, value in model.ngram.weights.items()
+        }
+        metadata[_STACK_KEY] = {
+            "ngram": asdict(model.ngram.metadata),
+            "blend": asdict(model.metadata),
+        }
+    return save(weights, metadata={"version": model.version}), metadata
 
 
-def head_from_artifact(artifact: ModelArtifact) -> SentimentHead:
-    """The head a registry row holds.
+def model_from_artifact(artifact: ModelArtifact) -> SentimentModel:
+    """The head or stack a registry row holds.
 
     Args:
         artifact: From ``pipelines.storage.model_artifact``.
 
     Returns:
-        The head.
+        The model.
     """
-    return SentimentHead(load(artifact.weights), HeadMetadata(**artifact.head_metadata))
+    tensors = load(artifact.weights)
+    metadata = dict(artifact.head_metadata)
+    stack = metadata.pop(_STACK_KEY, None)
+    head = SentimentHead(
+        {name: value for name, value in tensors.items() if not name.startswith(_NGRAM_PREFIX)},
+        HeadMetadata(**metadata),
+    )
+    if stack is None:
+        return head
+    ngram = NgramModel(
+        {
+            name.removeprefix(_NGRAM_PREFIX): value
+            for name, value in tensors.items()
+            if name.startswith(_NGRAM_PREFIX)
+        },
+        NgramMetadata(**stack["ngram"]),
+    )
+    return StackedSentiment(head, ngram, StackMetadata(**stack["blend"]))
 
 
 @dataclass
@@ -90,7 +163,7 @@ class ModelScores:
     """What the gate compares.
 
     Attributes:
-        version: The head's version.
+        version: The model's version.
         languages: Dev macro-F1 per language.
         holdout_macro_f1: Macro-F1 on the held-back human labels (None without any).
         holdout_rows: Held-back labels scored.
@@ -102,33 +175,36 @@ class ModelScores:
     holdout_rows: int = 0
 
 
-def score_head(
-    head: SentimentHead,
+def score_model(
+    model: SentimentModel,
     dev_splits: Sequence[DatasetSplit],
     holdout: pd.DataFrame,
     features: Callable[[list[str]], np.ndarray],
 ) -> ModelScores:
-    """Score a head on dev splits and the held-back labels.
+    """Score a head or a stack on dev splits and the held-back labels.
 
     Args:
-        head: The head.
+        model: The model.
         dev_splits: Non-empty dev splits.
-        holdout: Held-back rows with ``text`` and ``label`` (0/1/2).
+        holdout: Held-back rows with ``text``, ``lang`` and ``label`` (0/1/2).
         features: Texts -> the head's input features (e.g. ``FeatureCache.embeddings``).
 
     Returns:
         Its scores.
     """
-    probabilities = [
-        head.predict_proba(features(split.frame["text"].tolist())) for split in dev_splits
-    ]
-    report = evaluate_splits(dev_splits, probabilities, head.version)
+
+    def proba(frame: pd.DataFrame) -> np.ndarray:
+        texts = frame["text"].tolist()
+        return model_proba(model, features(texts), texts, frame["lang"].tolist())
+
+    probabilities = [proba(split.frame) for split in dev_splits]
+    report = evaluate_splits(dev_splits, probabilities, model.version)
     scores = ModelScores(
-        head.version, {lang: value.macro_f1 for lang, value in report.languages.items()}
+        model.version, {lang: value.macro_f1 for lang, value in report.languages.items()}
     )
     if not holdout.empty:
-        proba = head.predict_proba(features(holdout["text"].tolist()))
-        scores.holdout_macro_f1 = score_predictions(holdout["label"].to_numpy(), proba).macro_f1
+        held = proba(holdout)
+        scores.holdout_macro_f1 = score_predictions(holdout["label"].to_numpy(), held).macro_f1
         scores.holdout_rows = len(holdout)
     return scores
 

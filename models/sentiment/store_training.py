@@ -7,6 +7,11 @@ shared rows; classes stay balanced within the set and every language keeps the s
 Human labels of the held-back slice (``is_held_back``) never train: the gate scores on them.
 Records in languages the model does not support are left out (they would form a language of
 their own and take an equal share of the weight).
+
+When the model in use is a stack (the committed one is), the candidate is one too: the new head,
+the n-gram models of every language the store has labels in refitted on that language's shared
+train rows plus those labels (same weights), the other languages' n-gram models and every
+language's blend kept as they are.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from models.encoder import Encoder
@@ -29,12 +35,22 @@ from models.sentiment._datasets import (
 )
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import SentimentHead
+from models.sentiment._ngram import (
+    NgramMetadata,
+    NgramModel,
+    class_balanced_weights,
+    fit_ngram_language,
+    ngram_version,
+)
+from models.sentiment._stacking import StackedSentiment, StackMetadata, stack_version
 from models.sentiment.store_models import (
     GateDecision,
     ModelScores,
+    SentimentModel,
     is_held_back,
+    model_head,
     promotion_gate,
-    score_head,
+    score_model,
 )
 from models.sentiment.train import (
     DatasetSelection,
@@ -47,11 +63,13 @@ from pipelines.storage import Store, labelled_texts, record_rating_labels
 from pipelines.text import SUPPORTED_LANGUAGES
 
 __all__ = [
+    "CUSTOM_STACK_PREFIX",
     "HUMAN_WEIGHT",
     "RATING_WEIGHT",
     "STORE_SET",
     "Candidate",
     "StoreLabelSets",
+    "custom_stack",
     "store_label_sets",
     "train_candidate",
     "write_training_folder",
@@ -62,6 +80,7 @@ __all__ = [
 HUMAN_WEIGHT = 12.0
 RATING_WEIGHT = 0.25
 STORE_SET = "store_labels"
+CUSTOM_STACK_PREFIX = "sentiment-custom"
 _LABEL_INDEX = {"negative": 0, "neutral": 1, "positive": 2}
 _KIND_WEIGHT = {"human": HUMAN_WEIGHT, "rating": RATING_WEIGHT}
 
@@ -152,6 +171,7 @@ class Candidate:
     """A trained candidate and how it compares with the model in use.
 
     Attributes:
+        model: The candidate: its head, or a stack over it when the model in use is a stack.
         training: What ``train_head`` returned (the head carries its metadata).
         scores: The candidate's dev and held-back scores.
         current: The model in use's scores on the same rows.
@@ -159,6 +179,7 @@ class Candidate:
         trained_rows: Store labels trained on, per kind.
     """
 
+    model: SentimentModel
     training: TrainingResult
     scores: ModelScores
     current: ModelScores
@@ -167,7 +188,7 @@ class Candidate:
 
     @property
     def head(self) -> SentimentHead:
-        """The candidate head."""
+        """The candidate's head."""
         return self.training.head
 
     def metrics(self) -> dict[str, object]:
@@ -189,27 +210,109 @@ def _with_store_set(config: TrainingConfig) -> TrainingConfig:
     return config.model_copy(update={"datasets": selection})
 
 
+def _language_of(split: DatasetSplit) -> str:
+    return str(split.frame["lang"].mode().iloc[0])
+
+
+def _refitted_ngram(
+    ngram: NgramModel,
+    shared: list[DatasetSplit],
+    store: DatasetSplit,
+    progress: Callable[[str], None] | None,
+) -> NgramModel:
+    """``ngram`` with every language the store has labels in refitted on its shared rows plus
+    those labels (row weights as the head's; the others kept)."""
+    weights = dict(ngram.weights)
+    settings = ngram.metadata
+    regularisation = float(settings.training.get("regularisation_C", 4.0))
+    refitted: dict[str, int] = {}
+    for lang in settings.languages:
+        labelled = store.frame[store.frame["lang"] == lang].reset_index(drop=True)
+        if labelled.empty:
+            continue
+        splits = [split for split in shared if _language_of(split) == lang]
+        splits.append(DatasetSplit(store.info, "train", labelled))
+        fitted = fit_ngram_language(
+            [text for split in splits for text in split.frame["text"]],
+            np.concatenate([split.labels for split in splits]),
+            np.concatenate([np.full(len(split.frame), split.has_neutral) for split in splits]),
+            class_balanced_weights(splits)
+            * np.concatenate([split.frame["weight"].to_numpy() for split in splits]),
+            settings,
+            regularisation,
+        )
+        weights.update({f"{lang}.{name}": value for name, value in fitted.items()})
+        refitted[lang] = len(labelled)
+        if progress is not None:
+            progress(f"n-gram model {lang}: refitted with {len(labelled)} store labels")
+    if not refitted:
+        return ngram
+    metadata = NgramMetadata(**asdict(settings))
+    metadata.version = f"sentiment-ngram-{ngram_version(weights)}"
+    metadata.training = {**settings.training, "store_labels": refitted}
+    return NgramModel(weights, metadata)
+
+
+def custom_stack(
+    current: StackedSentiment,
+    head: SentimentHead,
+    train: list[DatasetSplit],
+    progress: Callable[[str], None] | None = None,
+) -> StackedSentiment:
+    """The stack over a candidate head, its n-gram models refitted where the store has labels.
+
+    Args:
+        current: The stack in use (feature settings, other languages' models, blends).
+        head: The candidate head.
+        train: Train splits of the selected shared sets plus the store's (``STORE_SET``).
+        progress: Called with one line per refitted language.
+
+    Returns:
+        The candidate stack.
+    """
+    shared = [split for split in train if split.info.name != STORE_SET and not split.frame.empty]
+    store = next((split for split in train if split.info.name == STORE_SET), None)
+    ngram = (
+        current.ngram if store is None else _refitted_ngram(current.ngram, shared, store, progress)
+    )
+    blends = current.metadata.languages
+    return StackedSentiment(
+        head,
+        ngram,
+        StackMetadata(
+            version=stack_version(CUSTOM_STACK_PREFIX, head.version, ngram.version, blends),
+            head=current.metadata.head,
+            ngram=current.metadata.ngram,
+            head_version=head.version,
+            ngram_version=ngram.version,
+            languages=blends,
+            training={**current.metadata.training, "custom_from": current.version},
+        ),
+    )
+
+
 def train_candidate(
     store: Store,
     config: TrainingConfig,
     encoder: Encoder,
-    current: SentimentHead,
+    current: SentimentModel,
     datasets_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
     cache_root: str | os.PathLike[str] | None = None,
 ) -> Candidate:
     """Train on the shared sets plus the store's labels, then score against the model in use.
 
-    With ``custom.warm_start`` (the default) the candidate continues from ``current`` for a few
-    epochs, so it keeps what ``current`` does on the shared sets and learns the store's labels;
-    otherwise it is trained from scratch like ``feedback train sentiment``.
+    With ``custom.warm_start`` (the default) the candidate's head continues from ``current``'s
+    for a few epochs, so it keeps what ``current`` does on the shared sets and learns the
+    store's labels; otherwise it is trained from scratch like ``feedback train sentiment``.
+    When ``current`` is a stack the candidate is :func:`custom_stack` over the new head.
 
     Args:
         store: The database with the labels (weak labels from stars are added first).
         config: Training configuration (``datasets`` selects shared sets; the store's set is
             always added).
         encoder: The encoder (the same version as ``current``'s).
-        current: The head in use (promoted in the store, else the committed one).
+        current: The model in use (promoted in the store, else the committed stack or head).
         datasets_dir: The shared sets; None uses ``shared_datasets_dir()``.
         progress: Called with one line per step.
         cache_root: Feature cache root (None: the default).
@@ -222,18 +325,24 @@ def train_candidate(
     if not sets.train.empty:
         config = _with_store_set(config)
     cache = FeatureCache(encoder, cache_root, layers=config.encoder_layers)
+    current_head = model_head(current)
     with tempfile.TemporaryDirectory(prefix="feedback-train-") as folder:
         write_training_folder(folder, datasets_dir or shared_datasets_dir(), sets)
-        start = current if config.custom.warm_start else None
+        start = current_head if config.custom.warm_start else None
         training = train_head(config, cache, folder, progress, start)
         chosen = select_datasets(discover_datasets(folder), config.datasets)
         dev: list[DatasetSplit] = [
             split for info in chosen if not (split := read_split(info, "dev")).frame.empty
         ]
-    current_cache = FeatureCache(encoder, cache_root, layers=current.metadata.encoder_layers)
-    scores = score_head(training.head, dev, sets.holdout, cache.embeddings)
-    current_scores = score_head(current, dev, sets.holdout, current_cache.embeddings)
+        model: SentimentModel = training.head
+        if isinstance(current, StackedSentiment):
+            train = [read_split(info, "train") for info in chosen]
+            model = custom_stack(current, training.head, train, progress)
+    current_cache = FeatureCache(encoder, cache_root, layers=current_head.metadata.encoder_layers)
+    scores = score_model(model, dev, sets.holdout, cache.embeddings)
+    current_scores = score_model(current, dev, sets.holdout, current_cache.embeddings)
     return Candidate(
+        model,
         training,
         scores,
         current_scores,

@@ -91,6 +91,11 @@ class E5HeadSettings(BaseModel):
         """The committed head's path, resolved against the repository root."""
         return _repo_path(self.head)
 
+    @property
+    def stack_path(self) -> Path | None:
+        """The committed stack's path, resolved against the repository root (None: no stack)."""
+        return _repo_path(self.stack) if self.stack else None
+
 
 class HFSettings(BaseModel):
     """The ``hf_sequence_classification`` backend: a local HF folder."""
@@ -276,34 +281,37 @@ class E5HeadBackend(SentimentBackend):
         self.committed_stack = stack
 
     def use_store_model(self, store: Store) -> None:
-        """Use the head promoted in ``store`` (``feedback models``), else the committed one.
+        """Use the model promoted in ``store`` (``feedback models``), else the committed one.
 
-        The committed stack blends only with the committed head: a promoted head runs alone.
+        A promoted model is a head alone or a stack over its own head (``feedback train
+        sentiment --db`` trains a stack when the model in use is one).
 
         Args:
             store: The database whose registry to read.
 
         Raises:
-            ModelError: The promoted head was trained on another encoder version.
+            ModelError: The promoted model was trained on another encoder version.
         """
-        from models.sentiment.store_models import MODEL_KIND, head_from_artifact
+        from models.sentiment import StackedSentiment
+        from models.sentiment.store_models import MODEL_KIND, model_from_artifact, model_head
         from pipelines.storage import model_artifact, promoted_model
 
         promoted = promoted_model(store, MODEL_KIND)
         if promoted is None:
             self.head = self.committed_head
             self.stack = self.committed_stack
-        elif promoted.version != self.head.version:
-            head = head_from_artifact(model_artifact(store, promoted.version))
+        elif promoted.version != self.version:
+            model = model_from_artifact(model_artifact(store, promoted.version))
+            head = model_head(model)
             if head.metadata.encoder_version != self.encoder.version:
                 raise ModelError(
-                    f"promoted sentiment model {head.version} was trained on encoder "
+                    f"promoted sentiment model {model.version} was trained on encoder "
                     f"{head.metadata.encoder_version}, but the encoder is {self.encoder.version}; "
                     "run `feedback models rollback` or train a new one with "
                     "`feedback train sentiment --db`"
                 )
             self.head = head
-            self.stack = None
+            self.stack = model if isinstance(model, StackedSentiment) else None
 
     @classmethod
     def from_settings(cls, settings: E5HeadSettings) -> E5HeadBackend:
@@ -318,7 +326,7 @@ class E5HeadBackend(SentimentBackend):
         from models.sentiment import SentimentHead, StackedSentiment
 
         head = SentimentHead.load(settings.head_path)
-        stack = StackedSentiment.load(_repo_path(settings.stack)) if settings.stack else None
+        stack = StackedSentiment.load(settings.stack_path) if settings.stack_path else None
         encoder = shared_encoder(settings.encoder_path, settings.encoder_dtype, settings.engine)
         return cls(encoder, head, settings.batch_size, stack)
 

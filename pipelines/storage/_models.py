@@ -5,7 +5,7 @@ per kind) and ``retired`` after another took its place. ``promoted_at`` is the t
 promotion and stays on a version retired by a later promotion, so ``rollback_model`` can go back
 one promotion at a time: it retires the promoted version (clearing its ``promoted_at``) and
 promotes again the one promoted just before it (or none: analysis falls back to the committed
-head).
+model).
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """What loading a registered head needs.
+    """What loading a registered model (head or stack) needs.
 
     Attributes:
         version: The version.
-        head_metadata: The head's JSON metadata.
+        head_metadata: The head's JSON metadata (a stack's parts under ``stack``).
         weights: Its weights as safetensors bytes.
     """
 
@@ -109,7 +109,7 @@ def register_model(
         head_metadata: The head's JSON metadata.
         weights: Safetensors bytes of its weights.
         metrics: Figures measured at training time.
-        parent_version: The model in use when it was trained (None: the committed head's).
+        parent_version: The model in use when it was trained (None: the committed model's).
         at: Registration time (default now).
 
     Returns:
@@ -150,7 +150,7 @@ def list_models(store: Store, kind: str) -> list[ModelVersion]:
 
 
 def promoted_model(store: Store, kind: str) -> ModelVersion | None:
-    """The version analysis uses for ``kind``, or None (the committed head).
+    """The version analysis uses for ``kind``, or None (the committed model).
 
     Args:
         store: The database.
@@ -245,7 +245,7 @@ def rollback_model(store: Store, kind: str) -> tuple[str, str | None]:
         kind: ``sentiment``.
 
     Returns:
-        (version retired, version promoted again or None for the committed head).
+        (version retired, version promoted again or None for the committed model).
 
     Raises:
         ModelVersionError: No version of ``kind`` is promoted.
@@ -260,7 +260,7 @@ def rollback_model(store: Store, kind: str) -> tuple[str, str | None]:
         if current is None:
             raise ModelVersionError(
                 f"no {kind} model is promoted, so there is nothing to roll back; analysis "
-                "already uses the committed head"
+                "already uses the committed model"
             )
         earlier = connection.execute(
             select(table.c.version)
