@@ -15,9 +15,17 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from models.encoder import default_cache_root, encoder_version
-from models.sentiment import HeadMetadata, SentimentHead, StackedSentiment
+from models.sentiment import (
+    DatasetInfo,
+    DatasetSplit,
+    HeadMetadata,
+    SentimentHead,
+    StackedSentiment,
+    discover_datasets,
+    read_split,
+)
 from models.sentiment.store_models import SentimentModel, model_artifact_data
-from models.sentiment.store_training import custom_stack
+from models.sentiment.store_training import STORE_SET, custom_stack
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import (
@@ -132,6 +140,40 @@ def _tiny_datasets(folder: Path) -> Path:
     ]
     (target / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
     return folder
+
+
+def test_custom_stack_refits_the_n_grams_of_the_languages_the_store_labels(
+    tmp_path: Path,
+) -> None:
+    committed = StackedSentiment.load("models/heads/sentiment-stack.json")
+    [shared] = [read_split(info, "train") for info in discover_datasets(_tiny_datasets(tmp_path))]
+    # Made-up words the shared data never saw, labelled by the company.
+    labels = [("zorbix geldi", 0), ("florp geldi", 2)] * 10
+    store = DatasetSplit(
+        DatasetInfo(STORE_SET, tmp_path / "store", "own"),
+        "train",
+        pd.DataFrame(
+            {
+                "id": [f"s{n}" for n in range(len(labels))],
+                "text": [f"{text} {n}" for n, (text, _) in enumerate(labels)],
+                "label": [label for _, label in labels],
+                "lang": "tr",
+                "weight": 12.0,
+            }
+        ),
+    )
+    custom = custom_stack(committed, committed.head, [shared, store])
+    assert custom.ngram.metadata.training["store_labels"] == {"tr": 20}
+    assert custom.ngram.version != committed.ngram.version
+    assert custom.metadata.languages == committed.metadata.languages
+    for name, value in committed.ngram.weights.items():
+        changed = not np.array_equal(custom.ngram.weights[name], value)
+        assert changed == name.startswith("tr."), name
+    # Negative vs positive (the committed model: 0.27 and 0.37 positive): each word takes its
+    # label's side.
+    proba = custom.ngram.predict_proba(["zorbix geldi", "florp geldi"], ["tr", "tr"])
+    polarity = proba[:, 2] / (proba[:, 0] + proba[:, 2])
+    assert polarity[0] < 0.2 and polarity[1] > 0.8
 
 
 def test_train_sentiment_db_registers_a_candidate_from_the_labels(
