@@ -16,11 +16,9 @@ from models.sentiment import (
     DatasetInfo,
     DatasetSplit,
     HeadMetadata,
-    NgramMetadata,
-    NgramModel,
+    LanguageBlend,
     SentimentHead,
     StackedSentiment,
-    StackMetadata,
 )
 from models.sentiment.store_models import (
     GateDecision,
@@ -41,6 +39,7 @@ from pipelines.storage import (
     register_model,
     rollback_model,
 )
+from tests._tiny_stack import tiny_stack
 
 _START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -167,30 +166,6 @@ def test_held_back_slice_is_stable_and_about_one_in_five() -> None:
     assert held == [record_id for record_id in ids if is_held_back(record_id)]
 
 
-def _stack(head: SentimentHead) -> StackedSentiment:
-    """``head`` blended with a tiny Turkish n-gram model of random weights."""
-    metadata = NgramMetadata(
-        version="ngram-test", char_features=64, word_features=32, languages=["tr"]
-    )
-    generator = np.random.default_rng(3)
-    weights = {
-        f"tr.{part}.{name}": generator.normal(scale=3.0, size=size)
-        for part in ("polarity", "neutral")
-        for name, size in (("weight", 96), ("bias", 1))
-    }
-    ngram = NgramModel(weights, metadata)
-    blend = {"ngram_weight": 0.5, "temperature": 0.8, "bias": [0.2, -0.1, 0.0]}
-    stack = StackMetadata(
-        version="custom-stack-test",
-        head="",
-        ngram="",
-        head_version=head.version,
-        ngram_version=ngram.version,
-        languages={"tr": blend},
-    )
-    return StackedSentiment(head, ngram, stack)
-
-
 def _register_model(store: Store, model: SentimentModel) -> None:
     weights, metadata = model_artifact_data(model)
     register_model(
@@ -206,10 +181,11 @@ def _register_model(store: Store, model: SentimentModel) -> None:
 
 def test_heads_and_stacks_round_trip_through_the_registry(store: Store) -> None:
     head = _head("v-good", _DIRECTIONS)
-    stack = _stack(_head("v-stacked", _DIRECTIONS[[0, 2, 1]]))
+    blend = LanguageBlend(0.5, 0.8, [0.2, -0.1, 0.0])
+    stack = tiny_stack(blend, _head("v-stacked", _DIRECTIONS[[0, 2, 1]]), "custom-stack-test")
     _register_model(store, head)
     _register_model(store, stack)
-    texts = ["0-1", "1-2", "2-3", "0-kargo geç geldi"]
+    texts = ["0-1", "1-2", "2-3", "0-terrible service"]
     vectors = _features(texts)
 
     loaded = model_from_artifact(model_artifact(store, head.version))
@@ -219,10 +195,10 @@ def test_heads_and_stacks_round_trip_through_the_registry(store: Store) -> None:
     restored = model_from_artifact(model_artifact(store, stack.version))
     assert isinstance(restored, StackedSentiment) and restored.version == "custom-stack-test"
     assert restored.head.metadata == stack.head.metadata
-    langs = ["tr", "tr", "en", "tr"]
+    langs = ["en", "en", "tr", "en"]
     expected = stack.predict_proba(vectors, texts, langs)
     np.testing.assert_allclose(restored.predict_proba(vectors, texts, langs), expected)
-    # The n-gram blend is part of what was stored: Turkish rows differ from the head alone.
+    # The n-gram blend is part of what was stored: English rows differ from the head alone.
     alone = stack.head.predict_proba(vectors)
     assert not np.allclose(expected[[0, 1, 3]], alone[[0, 1, 3]])
     np.testing.assert_allclose(expected[2], alone[2])

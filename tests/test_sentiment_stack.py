@@ -14,7 +14,6 @@ from models.sentiment import (
     NgramModel,
     SentimentHead,
     StackedSentiment,
-    StackMetadata,
 )
 from models.sentiment._ngram import fit_ngram_language, hashed_features
 from models.sentiment._stacking import blend_log_proba, fit_language_blend, flag_threshold
@@ -24,47 +23,11 @@ from pipelines.analysis.sentiment import E5HeadBackend, SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import Store
 from tests._synthetic_feedback import THEMES, synthetic_texts
-
-_TEXTS = {
-    0: ["terrible service, never again", "awful, it broke", "bad support and rude staff"],
-    1: ["the parcel came on tuesday", "i ordered two of them", "the shop opens at nine"],
-    2: ["wonderful, works perfectly", "great support, thank you", "lovely staff, great food"],
-}
-
-
-def _tiny_ngram(lang: str = "en") -> NgramModel:
-    texts = [text for label in (0, 1, 2) for text in _TEXTS[label]]
-    labels = np.repeat([0, 1, 2], 3)
-    metadata = NgramMetadata(version="ngram-test", char_features=1 << 10, word_features=1 << 8)
-    fitted = fit_ngram_language(
-        texts, labels, np.ones(len(texts), dtype=bool), np.ones(len(texts)), metadata, 10.0
-    )
-    metadata.languages = [lang]
-    return NgramModel({f"{lang}.{name}": value for name, value in fitted.items()}, metadata)
-
-
-def _head() -> SentimentHead:
-    generator = np.random.default_rng(3)
-    weights = {"out.weight": generator.normal(size=(3, 384)), "out.bias": np.zeros(3)}
-    return SentimentHead(weights, HeadMetadata(version="head-test", encoder_version="enc"))
-
-
-def _stack(blend: LanguageBlend, head: SentimentHead | None = None) -> StackedSentiment:
-    head = head or _head()
-    ngram = _tiny_ngram()
-    metadata = StackMetadata(
-        version="stack-test",
-        head="h.json",
-        ngram="n.json",
-        head_version=head.version,
-        ngram_version=ngram.version,
-        languages={"en": blend.__dict__},
-    )
-    return StackedSentiment(head, ngram, metadata)
+from tests._tiny_stack import tiny_ngram, tiny_stack
 
 
 def test_ngram_model_scores_its_language_and_round_trips(tmp_path) -> None:
-    model = _tiny_ngram()
+    model = tiny_ngram()
     texts = ["awful, it broke again", "great support", "it came on tuesday", "harika"]
     proba = model.predict_proba(texts, ["en", "en", "en", "tr"])
     assert proba[:3].argmax(axis=1).tolist() == [0, 2, 1]
@@ -145,7 +108,7 @@ def test_a_language_without_neutral_labels_gets_a_neutral_model_without_opinion(
 
 
 def test_stack_without_ngram_weight_or_shift_is_the_head() -> None:
-    stack = _stack(LanguageBlend(0.0, 1.0, [0.0, 0.0, 0.0]))
+    stack = tiny_stack(LanguageBlend(0.0, 1.0, [0.0, 0.0, 0.0]))
     features = np.random.default_rng(0).normal(size=(4, 384))
     texts = ["awful", "great", "tuesday", "fine"]
     expected = stack.head.predict_proba(features)
@@ -161,9 +124,9 @@ def test_stack_without_ngram_weight_or_shift_is_the_head() -> None:
 def test_stack_blends_ngrams_and_applies_the_negative_shift() -> None:
     features = np.zeros((2, 384))  # the head alone is undecided (zero bias, zero features)
     texts = ["terrible service, never again", "wonderful, works perfectly"]
-    blended = _stack(LanguageBlend(0.8, 1.0)).predict_proba(features, texts, ["en", "en"])
+    blended = tiny_stack(LanguageBlend(0.8, 1.0)).predict_proba(features, texts, ["en", "en"])
     assert blended.argmax(axis=1).tolist() == [0, 2]
-    shifted = _stack(LanguageBlend(0.8, 1.0, [1.5, 0.0, 0.0])).predict_proba(
+    shifted = tiny_stack(LanguageBlend(0.8, 1.0, [1.5, 0.0, 0.0])).predict_proba(
         features, texts, ["en", "en"]
     )
     assert (shifted[:, 0] > blended[:, 0]).all()
@@ -171,7 +134,7 @@ def test_stack_blends_ngrams_and_applies_the_negative_shift() -> None:
 
 
 def test_stack_refuses_parts_it_was_not_fitted_with() -> None:
-    stack = _stack(LanguageBlend())
+    stack = tiny_stack(LanguageBlend())
     other = SentimentHead(
         {"out.weight": np.ones((3, 384)), "out.bias": np.zeros(3)},
         HeadMetadata(version="another-head", encoder_version="enc"),
