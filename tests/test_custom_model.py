@@ -25,7 +25,12 @@ from models.sentiment import (
     read_split,
 )
 from models.sentiment.store_models import SentimentModel, model_artifact_data
-from models.sentiment.store_training import STORE_SET, custom_stack
+from models.sentiment.store_training import (
+    STORE_SET,
+    StoreLabelSets,
+    custom_stack,
+    write_training_folder,
+)
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.stages import StageContext
 from pipelines.storage import (
@@ -176,6 +181,33 @@ def test_custom_stack_refits_the_n_grams_of_the_languages_the_store_labels(
     assert polarity[0] < 0.2 and polarity[1] > 0.8
 
 
+def test_store_labels_train_all_three_classes_even_without_a_neutral_one(tmp_path: Path) -> None:
+    # People choose among negative, neutral and positive: a record labelled negative is not
+    # neutral either, so the store's set is never treated as a binary set like tiny_tr's train
+    # split without its neutral rows.
+    shared = tmp_path / "shared"
+    _tiny_datasets(shared)
+    binary = shared / "tiny_tr" / "data.jsonl"
+    binary.write_text(
+        "\n".join(line for line in binary.read_text().splitlines() if '"neu"' not in line)
+    )
+    rows = pd.DataFrame(
+        {
+            "id": ["r1", "r2"],
+            "text": ["Kargo gelmedi.", "Harika."],
+            "label": [0, 2],
+            "lang": "tr",
+            "weight": 12.0,
+            "kind": "human",
+        }
+    )
+    empty = rows.iloc[0:0, :4]
+    folder = write_training_folder(tmp_path / "train", shared, StoreLabelSets(rows, empty))
+    splits = {info.name: read_split(info, "train") for info in discover_datasets(folder)}
+    assert splits[STORE_SET].info.neutral_choice and splits[STORE_SET].has_neutral
+    assert not splits["tiny_tr"].info.neutral_choice and not splits["tiny_tr"].has_neutral
+
+
 def test_train_sentiment_db_registers_a_candidate_from_the_labels(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,11 +263,16 @@ def test_train_sentiment_db_registers_a_candidate_from_the_labels(
     training = stored["training"]
     assert training["warm_start_from"] == _COMMITTED["version"] and training["best_epoch"] == 2
     # The model in use is the committed stack, so the candidate is a stack too: its Turkish
-    # n-gram model refitted with the 16 Turkish store labels, the blends kept.
+    # n-gram model refitted with the 16 Turkish store labels, the Turkish blend chosen again on
+    # the (Turkish-only) dev rows, the other languages' kept.
     assert model.version.startswith("sentiment-custom-")
     assert model.parent_version == _COMMITTED_STACK["version"]
     assert stored["stack"]["ngram"]["training"]["store_labels"] == {"tr": 16}
-    assert stored["stack"]["blend"]["languages"] == _COMMITTED_STACK["languages"]
+    blends = stored["stack"]["blend"]["languages"]
+    assert {lang: blends[lang] for lang in ("en", "fa", "ro")} == {
+        lang: _COMMITTED_STACK["languages"][lang] for lang in ("en", "fa", "ro")
+    }
+    assert set(stored["stack"]["blend"]["metrics"]["negative_operating_point"]) == {"tr"}
 
     # Training is deterministic: --promote registers the same version and obeys its gate.
     result = CliRunner().invoke(app, [*args, "--db", db_url, "--promote"])

@@ -36,6 +36,7 @@ LABELS: tuple[str, str, str] = ("negative", "neutral", "positive")
 SHARED_DIR_ENV = "FEEDBACK_SHARED_DIR"
 _LABEL_INDEX = {"neg": 0, "neu": 1, "pos": 2, "negative": 0, "neutral": 1, "positive": 2}
 _LICENCE_LINE = re.compile(r"\*\*Licen[cs]e[^*]*\*\*\s*(.+)", re.IGNORECASE)
+_CHOICES_LINE = re.compile(r"\*\*Label choices:\*\*\s*(.+)", re.IGNORECASE)
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,11 +70,15 @@ class DatasetInfo:
         name: Folder name, e.g. ``laroseda_ro``.
         path: Its ``data.jsonl``.
         licence: Licence as stated in ``SOURCE.md`` (``"unknown"`` without one).
+        neutral_choice: Whether its labellers could choose neutral, declared in ``SOURCE.md`` by
+            a ``**Label choices:** negative, neutral, positive`` line (the store's labels): its
+            rows then train and score all three classes even if none is neutral.
     """
 
     name: str
     path: Path
     licence: str
+    neutral_choice: bool = False
 
 
 @dataclass
@@ -95,8 +100,9 @@ class DatasetSplit:
 
     @property
     def has_neutral(self) -> bool:
-        """Whether the split has any neutral rows (binary sets have none)."""
-        return bool((self.frame["label"] == 1).any())
+        """Whether the split's labels include neutral: it has neutral rows, or its labellers
+        could choose neutral (binary sets are neither)."""
+        return self.info.neutral_choice or bool((self.frame["label"] == 1).any())
 
     @property
     def labels(self) -> np.ndarray:
@@ -104,15 +110,22 @@ class DatasetSplit:
         return self.frame["label"].to_numpy(dtype=np.int64)
 
 
-def _licence(folder: Path) -> str:
-    source = folder / "SOURCE.md"
-    if not source.is_file():
-        return "unknown"
-    for line in source.read_text(encoding="utf-8", errors="replace").splitlines():
-        match = _LICENCE_LINE.search(line)
-        if match:
-            return match.group(1).strip()
-    return "unknown"
+def _dataset_info(file: Path) -> DatasetInfo:
+    """A set's entry: licence and label choices from the ``SOURCE.md`` beside ``file``."""
+    source = file.parent / "SOURCE.md"
+    lines = (
+        source.read_text(encoding="utf-8", errors="replace").splitlines()
+        if source.is_file()
+        else []
+    )
+    licences = [match.group(1).strip() for line in lines if (match := _LICENCE_LINE.search(line))]
+    choices = [match.group(1).lower() for line in lines if (match := _CHOICES_LINE.search(line))]
+    return DatasetInfo(
+        file.parent.name,
+        file,
+        licences[0] if licences else "unknown",
+        neutral_choice=bool(choices) and "neutral" in choices[0],
+    )
 
 
 def discover_datasets(root: str | os.PathLike[str]) -> list[DatasetInfo]:
@@ -136,7 +149,7 @@ def discover_datasets(root: str | os.PathLike[str]) -> list[DatasetInfo]:
     files = sorted(folder.rglob("data.jsonl"))
     if not files:
         raise ConfigError(f"no data.jsonl under {folder}; point at a folder of labelled sets")
-    return [DatasetInfo(file.parent.name, file, _licence(file.parent)) for file in files]
+    return [_dataset_info(file) for file in files]
 
 
 def read_split(info: DatasetInfo, split: str) -> DatasetSplit:

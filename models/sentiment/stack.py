@@ -41,7 +41,7 @@ from models.sentiment._stacking import (
     stack_version,
 )
 
-__all__ = ["build_stack", "main", "stack_card_sections"]
+__all__ = ["build_stack", "fit_blends", "main", "stack_card_sections"]
 
 NGRAM_STEM = "models/heads/sentiment-ngram"
 STACK_PATH = "models/heads/sentiment-stack.json"
@@ -96,31 +96,9 @@ def build_stack(
         metadata.training = {"regularisation_C": 4.0, "train_rows": rows}
         ngram = NgramModel(weights, metadata)
 
-    e5 = [head.predict_proba(features) for features in dev_features]
-    ngram_dev = [
-        ngram.predict_proba(split.frame["text"].tolist(), split.frame["lang"].tolist())
-        for split in dev
-    ]
-    blends: dict[str, dict[str, object]] = {}
-    operating: dict[str, dict[str, float]] = {}
-    for lang in langs:
-        members = [i for i, s in enumerate(dev) if str(s.frame["lang"].mode().iloc[0]) == lang]
-        blend, point = fit_language_blend(
-            np.log(np.clip(np.concatenate([e5[i] for i in members]), 1e-12, 1.0)),
-            np.concatenate([ngram_dev[i] for i in members]),
-            np.concatenate([dev[i].labels for i in members]),
-            np.concatenate([np.full(len(dev[i].frame), not dev[i].has_neutral) for i in members]),
-            np.concatenate([np.full(len(dev[i].frame), i) for i in members]),
-            negative_threshold,
-            negative_recall,
-        )
-        blends[lang] = {
-            "ngram_weight": blend.ngram_weight,
-            "temperature": blend.temperature,
-            "bias": blend.bias,
-        }
-        operating[lang] = point
-        say(f"{lang}: {blends[lang]} -> {point}")
+    blends, operating = fit_blends(
+        head, ngram, dev, dev_features, negative_threshold, negative_recall, say
+    )
     stack_metadata = StackMetadata(
         version=stack_version(STACK_PREFIX, head.version, ngram.version, blends),
         head="sentiment-e5.json",
@@ -164,6 +142,59 @@ def build_stack(
         "negative_operating_point": operating,
     }
     return stack, report
+
+
+def fit_blends(
+    head: SentimentHead,
+    ngram: NgramModel,
+    dev: list[DatasetSplit],
+    dev_features: list[np.ndarray],
+    negative_threshold: float,
+    negative_recall: float,
+    say: Callable[[str], None] = print,
+) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, float]]]:
+    """Per language of the n-gram model: the blend of ``head`` and ``ngram`` chosen on dev.
+
+    Args:
+        head: The (tempered) e5 head.
+        ngram: The n-gram models.
+        dev: Dev splits (blend, temperature and shift).
+        dev_features: e5 features of ``dev``, same order.
+        negative_threshold: The flag rules' document negative threshold.
+        negative_recall: Negative recall the per-language flag thresholds keep.
+        say: Progress callback.
+
+    Returns:
+        (language -> :class:`LanguageBlend` fields, language -> its dev operating point).
+    """
+    e5 = [head.predict_proba(features) for features in dev_features]
+    ngram_dev = [
+        ngram.predict_proba(split.frame["text"].tolist(), split.frame["lang"].tolist())
+        for split in dev
+    ]
+    blends: dict[str, dict[str, object]] = {}
+    operating: dict[str, dict[str, float]] = {}
+    for lang in ngram.metadata.languages:
+        members = [i for i, s in enumerate(dev) if str(s.frame["lang"].mode().iloc[0]) == lang]
+        if not members:
+            continue
+        blend, point = fit_language_blend(
+            np.log(np.clip(np.concatenate([e5[i] for i in members]), 1e-12, 1.0)),
+            np.concatenate([ngram_dev[i] for i in members]),
+            np.concatenate([dev[i].labels for i in members]),
+            np.concatenate([np.full(len(dev[i].frame), not dev[i].has_neutral) for i in members]),
+            np.concatenate([np.full(len(dev[i].frame), i) for i in members]),
+            negative_threshold,
+            negative_recall,
+        )
+        blends[lang] = {
+            "ngram_weight": blend.ngram_weight,
+            "temperature": blend.temperature,
+            "bias": blend.bias,
+        }
+        operating[lang] = point
+        say(f"{lang}: {blends[lang]} -> {point}")
+    return blends, operating
 
 
 def stack_card_sections(stack: StackedSentiment, report: EvaluationReport, lodo: list[dict]) -> str:
