@@ -38,7 +38,8 @@ from models.sentiment._datasets import (
     shared_datasets_dir,
 )
 from models.sentiment._features import FeatureCache
-from models.sentiment.stack import build_stack
+from models.sentiment._head import SentimentHead
+from models.sentiment.stack import build_stack, stack_splits
 from models.sentiment.store_models import SentimentModel, model_proba
 from models.sentiment.store_training import train_candidate
 from models.sentiment.train import (
@@ -84,16 +85,12 @@ def _macro_f1(model: SentimentModel, cache: FeatureCache, split: DatasetSplit) -
 
 
 def _stack_without(
-    head_only: SentimentModel, cache: FeatureCache, datasets: Path, config: TrainingConfig
+    head_only: SentimentHead, cache: FeatureCache, datasets: Path, config: TrainingConfig
 ) -> SentimentModel:
     """The stack over ``head_only`` fitted on the sets in ``datasets`` (the held-out one absent)."""
     from models.sentiment.lodo import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
 
-    chosen = select_datasets(discover_datasets(datasets), config.datasets)
-    train = [read_split(info, "train") for info in chosen]
-    dev = [read_split(info, "dev") for info in chosen]
-    keep = [i for i in range(len(chosen)) if not train[i].frame.empty and not dev[i].frame.empty]
-    train, dev = [train[i] for i in keep], [dev[i] for i in keep]
+    train, dev = stack_splits(select_datasets(discover_datasets(datasets), config.datasets))
     features = [cache.embeddings(split.frame["text"].tolist()) for split in dev]
     stack, _ = build_stack(
         head_only, train, dev, features, FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
@@ -163,9 +160,8 @@ def main(argv: list[str] | None = None) -> str:
         datasets = _capped_copy(
             candidates, others, Path(scratch) / "sets", args.max_train_rows, config.seed
         )
-        base: SentimentModel = train_head(config, cache, datasets, say).head
-        if not args.head_only:
-            base = _stack_without(base, cache, datasets, config)
+        head = train_head(config, cache, datasets, say).head
+        base = head if args.head_only else _stack_without(head, cache, datasets, config)
         base_f1 = _macro_f1(base, cache, scored)
         rows.append((0, 0, base_f1, None))
         say(f"without {heldout.name}: macro-F1 {base_f1:.4f} on its {len(scored.frame)} dev rows")

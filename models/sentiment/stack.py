@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from models.evaluate import EvaluationReport, evaluate_splits
-from models.sentiment._datasets import DatasetSplit, discover_datasets, read_split
+from models.sentiment._datasets import DatasetInfo, DatasetSplit, discover_datasets, read_split
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import SentimentHead
 from models.sentiment._ngram import (
@@ -41,11 +41,25 @@ from models.sentiment._stacking import (
     stack_version,
 )
 
-__all__ = ["build_stack", "fit_blends", "main", "stack_card_sections"]
+__all__ = ["build_stack", "fit_blends", "main", "stack_card_sections", "stack_splits"]
 
 NGRAM_STEM = "models/heads/sentiment-ngram"
 STACK_PATH = "models/heads/sentiment-stack.json"
 STACK_PREFIX = "sentiment-stack"
+
+
+def stack_splits(chosen: list[DatasetInfo]) -> tuple[list[DatasetSplit], list[DatasetSplit]]:
+    """The train and dev splits a stack is fitted on: the sets that have both.
+
+    Args:
+        chosen: The selected sets.
+
+    Returns:
+        (train splits, dev splits), same order.
+    """
+    pairs = [(read_split(info, "train"), read_split(info, "dev")) for info in chosen]
+    kept = [(train, dev) for train, dev in pairs if not train.frame.empty and not dev.frame.empty]
+    return [train for train, _ in kept], [dev for _, dev in kept]
 
 
 def build_stack(
@@ -316,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_datasets(
         discover_datasets(arguments.datasets or shared_datasets_dir()), config.datasets
     )
-    train = [read_split(info, "train") for info in chosen]
-    dev = [read_split(info, "dev") for info in chosen]
-    keep = [i for i in range(len(chosen)) if not train[i].frame.empty and not dev[i].frame.empty]
-    train, dev = [train[i] for i in keep], [dev[i] for i in keep]
+    train, dev = stack_splits(chosen)
     features = [cache.embeddings(split.frame["text"].tolist()) for split in dev]
     ngram_stem = config.resolved(Path(NGRAM_STEM))
     stack, report = build_stack(
