@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,50 @@ def test_flow_failure_is_reported_by_its_feedback_error(
     assert "Traceback" not in result.output
     assert "Encountered exception" in caplog.text  # Prefect logged the failure...
     assert not [record for record in caplog.records if record.exc_info]  # ...without traceback
+
+
+def _attached(store: Store) -> set[str]:
+    with store.begin() as connection:
+        rows = connection.exec_driver_sql("SELECT database_name FROM duckdb_databases()")
+        return {row[0] for row in rows}
+
+
+OPEN_WHEN_TOLD = """
+import sys, duckdb
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+try:
+    duckdb.connect(sys.argv[1]).close()
+    print("opened", flush=True)
+except duckdb.Error as exc:
+    print(f"refused: {exc}", flush=True)
+"""
+
+
+def test_a_writer_holds_the_file_through_a_burst_and_lets_go_at_a_pause_or_close(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "feedback.duckdb"
+    store = Store(database)
+    with store.begin() as connection:
+        connection.exec_driver_sql("ATTACH ':memory:' AS burst_probe")
+    # The next transaction at once reuses the database instance (an open costs ~1 ms, not 40).
+    assert "burst_probe" in _attached(store)
+    time.sleep(0.5)
+    # After a pause the file was let go: this transaction built a new instance.
+    assert "burst_probe" not in _attached(store)
+
+    other = subprocess.Popen(
+        [sys.executable, "-c", OPEN_WHEN_TOLD, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdout is not None and other.stdin is not None
+    assert other.stdout.readline().strip() == "ready"
+    _attached(store)
+    store.close()  # lets go at once: the other process opens the file without waiting
+    other.stdin.write("go\n")
+    other.stdin.flush()
+    assert other.stdout.readline().strip() == "opened"
+    other.wait(timeout=30)

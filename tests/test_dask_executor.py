@@ -162,6 +162,9 @@ def _kill_a_busy_worker(client: Any, db: str, killed: list[int], stop: threading
             time.sleep(0.2)
 
 
+# PostgreSQL only: the database several machines' workers share. A killed DuckDB writer is
+# test_crash_recovery's; this test takes 60-80 s per backend on 2 cores.
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
     prefect_harness: None, tmp_path: Path, db_url: str
 ) -> None:

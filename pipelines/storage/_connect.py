@@ -6,8 +6,14 @@ every other command (``feedback status`` during ``feedback run``) fail. So DuckD
 pool: each ``connect()``/``begin()`` opens the file and closing it lets another process in; a
 read-only engine (short commands) keeps its connection until disposed. An open that meets
 another process's lock is retried with backoff for ``$FEEDBACK_DB_BUSY_WAIT`` seconds (default
-120), then fails with one line (code E060). Opening costs 30-60 ms per transaction on a busy
-2-core machine (5 ms pooled); PostgreSQL engines keep their pool.
+120), then fails with one line (code E060). PostgreSQL engines keep their pool.
+
+Opening a file costs 30-45 ms (DuckDB builds a database instance: its catalog of built-in
+functions) but about 1 ms while another connection of the process has it open. A writer keeps
+the instance for ``_LINGER`` seconds after each transaction: a burst of transactions with no work
+in between (a chunk's saves: ~250 transactions in a nightly of 90 records, 10 s of its 43 s)
+opens the file once, and any pause longer than that lets other processes in. ``Store.close``
+(``Engine.dispose``) lets go at once.
 
 DuckDB files are opened with ``max_vacuum_tasks = 0``. The checkpoint that closing a connection
 runs would otherwise merge the row groups of a table of wide rows (``embeddings``: 1.5 KB a row)
@@ -24,6 +30,8 @@ import random
 import re
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -46,6 +54,7 @@ _MAX_DELAY = 0.1
 _BUSY_SIGNS = ("Could not set lock on file", "Unique file handle conflict")
 _HOLDER = re.compile(r"held in (?P<program>\S+) \(PID (?P<pid>\d+)\)")
 _DUCKDB_CONFIG = {"max_vacuum_tasks": 0}
+_LINGER = 0.05
 # DuckDB's Python client shares one database instance between a process's connections to a file
 # and registers its pandas scan just after creating it: a thread opening the file while another
 # creates or closes that instance could get it without the scan ("Table Function with name
@@ -92,6 +101,10 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
         connect_args={"config": dict(_DUCKDB_CONFIG)},
         **({} if read_only else {"poolclass": NullPool}),
     )
+    keeper = None if read_only else _InstanceKeeper(_LINGER)
+    if keeper is not None:
+        event.listen(engine, "engine_disposed", lambda _engine: keeper.release())
+        weakref.finalize(engine, keeper.release)
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
@@ -102,7 +115,9 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
             try:
                 with _INSTANCE_LOCK:
                     connection = _open(dialect, cargs, cparams, read_only)
-                return _closing_under_lock(connection)
+                    if keeper is not None:
+                        keeper.opened(lambda: _open(dialect, cargs, cparams, read_only))
+                return _closing_under_lock(connection, keeper)
             except Exception as exc:
                 if not _is_file_lock_conflict(exc):
                     raise
@@ -114,16 +129,81 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
     return engine
 
 
-def _closing_under_lock(connection: Any) -> Any:
-    """``connection`` (duckdb_engine's wrapper), its ``close`` taking ``_INSTANCE_LOCK``."""
+def _closing_under_lock(connection: Any, keeper: _InstanceKeeper | None) -> Any:
+    """``connection`` (duckdb_engine's wrapper), its ``close`` taking ``_INSTANCE_LOCK`` and
+    telling ``keeper``."""
     close = connection.close
 
     def close_under_lock() -> None:
         with _INSTANCE_LOCK:
             close()
+            if keeper is not None:
+                keeper.closed()
 
     connection.close = close_under_lock
     return connection
+
+
+class _InstanceKeeper:
+    """Holds one extra connection to a DuckDB file while the engine's connections are open and
+    for ``linger`` seconds after the last one closed, so that the next open reuses the database
+    instance. Every method but ``release`` runs under ``_INSTANCE_LOCK``.
+
+    Args:
+        linger: Seconds to keep the file open after the last transaction.
+    """
+
+    def __init__(self, linger: float) -> None:
+        self._linger = linger
+        self._holder: Any = None
+        self._open_connections = 0
+        self._release_at: float | None = None
+        self._wake = threading.Condition(_INSTANCE_LOCK)
+        self._releaser: threading.Thread | None = None
+
+    def opened(self, open_holder: Callable[[], Any]) -> None:
+        """A connection was opened; ``open_holder`` opens the extra one if none is held."""
+        self._open_connections += 1
+        self._release_at = None
+        if self._holder is None:
+            self._holder = open_holder()
+
+    def closed(self) -> None:
+        """A connection was closed: the last one starts the linger."""
+        self._open_connections -= 1
+        if self._open_connections or self._holder is None:
+            return
+        self._release_at = time.monotonic() + self._linger
+        if self._releaser is None:
+            self._releaser = threading.Thread(
+                target=self._release_when_idle, name="duckdb-linger", daemon=True
+            )
+            self._releaser.start()
+        self._wake.notify()
+
+    def release(self) -> None:
+        """Close the extra connection now (the engine is disposed)."""
+        with _INSTANCE_LOCK:
+            self._close_holder()
+            self._wake.notify()
+
+    def _close_holder(self) -> None:
+        holder, self._holder, self._release_at = self._holder, None, None
+        if holder is not None:
+            holder.close()
+
+    def _release_when_idle(self) -> None:
+        with _INSTANCE_LOCK:
+            while self._holder is not None:
+                if self._release_at is None:
+                    self._wake.wait()
+                    continue
+                left = self._release_at - time.monotonic()
+                if left <= 0:
+                    self._close_holder()
+                else:
+                    self._wake.wait(left)
+            self._releaser = None
 
 
 def _open(dialect: Any, cargs: tuple[Any, ...], cparams: dict[str, Any], read_only: bool) -> Any:

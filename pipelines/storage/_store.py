@@ -87,8 +87,8 @@ class Store:
     """Thin facade over the database: schema creation, idempotent upserts and the few queries
     every stage needs.
 
-    A DuckDB file is opened per transaction, never held in between (see ``_connect``), so
-    other processes can use it while this one works.
+    A DuckDB file is opened per transaction and let go 50 ms after the last one (see
+    ``_connect``), so other processes can use it while this one works.
 
     Args:
         url: Anything ``resolve_db_url`` accepts.
