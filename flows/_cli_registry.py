@@ -68,7 +68,12 @@ def train_from_store(
             registered).
     """
     from models.encoder import Encoder
-    from models.sentiment.store_models import MODEL_KIND, model_artifact_data, model_from_artifact
+    from models.sentiment.store_models import (
+        MODEL_KIND,
+        flag_thresholds,
+        model_artifact_data,
+        model_from_artifact,
+    )
     from models.sentiment.store_training import train_candidate
     from models.sentiment.train import load_training_config
     from pipelines.storage import model_artifact, promote_model, promoted_model, register_model
@@ -114,6 +119,7 @@ def train_from_store(
             )
         promote_model(store, candidate.model.version)
     console.print(f"promoted {candidate.model.version} (was {current.version})")
+    _advise_flag_thresholds(candidate.model.version, flag_thresholds(candidate.model), None)
 
 
 def _print_comparison(candidate: ModelScores, current: ModelScores) -> None:
@@ -184,8 +190,8 @@ def promote_command(
 ) -> None:
     """Make a registered model the one analysis uses (refused if its gate failed, unless
     --force)."""
-    from models.sentiment.store_models import MODEL_KIND
-    from pipelines.storage import list_models, promote_model
+    from models.sentiment.store_models import MODEL_KIND, flag_thresholds
+    from pipelines.storage import list_models, model_artifact, promote_model
 
     with open_store(db, config) as store:
         models = {model.version: model for model in list_models(store, MODEL_KIND)}
@@ -196,21 +202,53 @@ def promote_command(
                 "anyway with --force"
             )
         previous = promote_model(store, version)
+        thresholds = flag_thresholds(model_artifact(store, version))
     console.print(f"promoted {version}" + (f" (was {previous})" if previous else ""))
+    _advise_flag_thresholds(version, thresholds, config)
+
+
+def _advise_flag_thresholds(version: str, wanted: dict[str, float], config: Path | None) -> None:
+    """Say which of flagging.yaml's per-language negative thresholds differ from ``wanted``,
+    the ones keeping model ``version``'s dev negative recall at its target (the flag rules do
+    not follow the model in use)."""
+    from pipelines.analysis.flagging import FlaggingRules
+    from pipelines.config import config_path, load_yaml_model
+
+    file = config_path("flagging.yaml", config)
+    configured = load_yaml_model(file, FlaggingRules).negative_document
+    differing = {
+        lang: configured.threshold(lang)
+        for lang, value in wanted.items()
+        if abs(configured.threshold(lang) - value) >= 0.005
+    }
+    if not differing:
+        return
+    console.print(
+        f"flag thresholds: {version} keeps dev negative recall at its target with "
+        f"negative_document.min_probability_by_language {_thresholds(wanted)}; {file} "
+        f"differs for {_thresholds(differing)}. Set the model's values there to keep that "
+        "recall."
+    )
+
+
+def _thresholds(values: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{lang}: {value:.2f}" for lang, value in values.items()) + "}"
 
 
 @models_app.command("rollback")
 def rollback_command(db: DbOption = None, config: ConfigOption = None) -> None:
     """Go back to the model promoted before the current one (or to the committed model)."""
-    from models.sentiment.store_models import MODEL_KIND
-    from pipelines.storage import rollback_model
+    from models.sentiment.store_models import MODEL_KIND, flag_thresholds
+    from pipelines.storage import model_artifact, rollback_model
 
     with open_store(db, config) as store:
         retired, restored = rollback_model(store, MODEL_KIND)
+        in_use = _committed_model() if restored is None else model_artifact(store, restored)
     console.print(
         f"retired {retired}; now using "
         + (restored or f"the committed model ({os.path.basename(_committed_model_path())})")
     )
+    _advise_flag_thresholds(restored or "the committed model", flag_thresholds(in_use), config)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from models.sentiment.store_models import (
     score_model,
 )
 from pipelines._errors import ModelVersionError
+from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.storage import (
     Store,
     list_models,
@@ -233,3 +235,51 @@ def test_models_cli_refuses_a_candidate_that_failed_its_gate(db_url: str) -> Non
     assert result.exit_code == 1 and "Error [E092] no sentiment model is promoted" in result.output
     result = runner.invoke(app, ["models", "promote", "v-404", "--db", db_url])
     assert result.exit_code == 1 and "Error [E092] model v-404 is not in the store" in result.output
+
+
+def test_promote_and_rollback_say_when_flag_thresholds_do_not_fit_the_model(
+    db_url: str, tmp_path: Path
+) -> None:
+    stack = tiny_stack(LanguageBlend(0.5, 1.0, [0.0, 0.0, 0.0]), version="custom-stack-flags")
+    stack.metadata.metrics = {
+        "negative_operating_point": {"en": {"flag_threshold": 0.3, "negative_recall": 0.9}}
+    }
+    weights, metadata = model_artifact_data(stack)
+    with Store(db_url) as store:
+        register_model(
+            store,
+            version=stack.version,
+            kind="sentiment",
+            head_metadata=metadata,
+            weights=weights,
+            metrics={"gate": {"passed": True, "reasons": []}},
+            parent_version=None,
+        )
+    config = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    flagging = config / "flagging.yaml"
+    flagging.write_text(
+        flagging.read_text(encoding="utf-8").replace("{en: 0.46,", "{en: 0.30,"), encoding="utf-8"
+    )
+    runner = CliRunner()
+
+    def said(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--db", db_url])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    # The shipped flagging.yaml fits the committed model (en 0.46), not this one (en 0.30).
+    output = said("models", "promote", stack.version)
+    assert (
+        "flag thresholds: custom-stack-flags keeps dev negative recall at its target with "
+        "negative_document.min_probability_by_language {en: 0.30};" in output
+    )
+    assert "differs for {en: 0.46}" in output
+    output = said("models", "rollback", "--config", str(config))
+    assert "flag thresholds: the committed model keeps" in output
+    assert (
+        "{en: 0.46, fa: 0.27, ro: 0.52, tr: 0.17}" in output and "differs for {en: 0.30}" in output
+    )
+    assert "flag thresholds" not in said(
+        "models", "promote", stack.version, "--config", str(config)
+    )

@@ -41,6 +41,7 @@ __all__ = [
     "GateDecision",
     "ModelScores",
     "SentimentModel",
+    "flag_thresholds",
     "is_held_back",
     "model_artifact_data",
     "model_from_artifact",
@@ -82,6 +83,27 @@ def model_head(model: SentimentModel) -> SentimentHead:
         The head.
     """
     return model.head if isinstance(model, StackedSentiment) else model
+
+
+def flag_thresholds(model: SentimentModel | ModelArtifact) -> dict[str, float]:
+    """Per language, the highest negative probability threshold that keeps the model's dev
+    negative recall at its target (0.90), as chosen when it was built.
+
+    Args:
+        model: A head or a stack, or a registry row holding one.
+
+    Returns:
+        Language -> threshold; empty for a head alone (it records none).
+    """
+    if isinstance(model, StackedSentiment):
+        metrics = model.metadata.metrics
+    elif isinstance(model, ModelArtifact):
+        stack = model.head_metadata.get(_STACK_KEY)
+        metrics = stack["blend"].get("metrics", {}) if stack else {}
+    else:
+        metrics = {}
+    operating = metrics.get("negative_operating_point", {})
+    return {lang: float(point["flag_threshold"]) for lang, point in sorted(operating.items())}
 
 
 def model_proba(
