@@ -30,7 +30,6 @@ import random
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -59,8 +58,9 @@ _LINGER = 0.05
 # and registers its pandas scan just after creating it: a thread opening the file while another
 # creates or closes that instance could get it without the scan ("Table Function with name
 # pandas_scan does not exist" on the next bulk insert) or a file handle conflict. Opens and
-# closes of this process are therefore serialised (an open takes ~12 ms).
-_INSTANCE_LOCK = threading.Lock()
+# closes of this process are therefore serialised (an open takes ~12 ms). Reentrant: the garbage
+# collector may close a connection dropped without ``close`` while this thread opens another.
+_INSTANCE_LOCK = threading.RLock()
 
 
 def _busy_wait() -> float:
@@ -104,7 +104,6 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
     keeper = None if read_only else _InstanceKeeper(_LINGER)
     if keeper is not None:
         event.listen(engine, "engine_disposed", lambda _engine: keeper.release())
-        weakref.finalize(engine, keeper.release)
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
