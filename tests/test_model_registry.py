@@ -168,7 +168,9 @@ def test_held_back_slice_is_stable_and_about_one_in_five() -> None:
     assert held == [record_id for record_id in ids if is_held_back(record_id)]
 
 
-def _register_model(store: Store, model: SentimentModel) -> None:
+def _register_model(
+    store: Store, model: SentimentModel, metrics: dict[str, object] | None = None
+) -> None:
     weights, metadata = model_artifact_data(model)
     register_model(
         store,
@@ -176,7 +178,7 @@ def _register_model(store: Store, model: SentimentModel) -> None:
         kind="sentiment",
         head_metadata=metadata,
         weights=weights,
-        metrics={},
+        metrics=metrics or {},
         parent_version=None,
     )
 
@@ -244,17 +246,8 @@ def test_promote_and_rollback_say_when_flag_thresholds_do_not_fit_the_model(
     stack.metadata.metrics = {
         "negative_operating_point": {"en": {"flag_threshold": 0.3, "negative_recall": 0.9}}
     }
-    weights, metadata = model_artifact_data(stack)
     with Store(db_url) as store:
-        register_model(
-            store,
-            version=stack.version,
-            kind="sentiment",
-            head_metadata=metadata,
-            weights=weights,
-            metrics={"gate": {"passed": True, "reasons": []}},
-            parent_version=None,
-        )
+        _register_model(store, stack, {"gate": {"passed": True, "reasons": []}})
     config = tmp_path / "config"
     shutil.copytree(DEFAULT_CONFIG_DIR, config)
     flagging = config / "flagging.yaml"
