@@ -84,8 +84,15 @@ def store(db_url: str) -> Iterator[Store]:
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """Prefect's test harness (temporary server + database), started once per session."""
+    """Prefect's test harness (temporary server + database), started once per session.
+
+    Prefect's logging is configured here too: its first configuration in a process replaces the
+    root logger's handlers, so a test's ``caplog`` would see Prefect's records only if an
+    earlier test had configured it.
+    """
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
+        setup_logging()
         yield

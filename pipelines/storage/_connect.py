@@ -115,7 +115,11 @@ def create_store_engine(url: str, read_only: bool = False) -> Engine:
                 with _INSTANCE_LOCK:
                     connection = _open(dialect, cargs, cparams, read_only)
                     if keeper is not None:
-                        keeper.opened(lambda: _open(dialect, cargs, cparams, read_only))
+                        try:
+                            keeper.opened(lambda: _open(dialect, cargs, cparams, read_only))
+                        except Exception:
+                            connection.close()
+                            raise
                 return _closing_under_lock(connection, keeper)
             except Exception as exc:
                 if not _is_file_lock_conflict(exc):
@@ -162,10 +166,10 @@ class _InstanceKeeper:
 
     def opened(self, open_holder: Callable[[], Any]) -> None:
         """A connection was opened; ``open_holder`` opens the extra one if none is held."""
-        self._open_connections += 1
-        self._release_at = None
         if self._holder is None:
             self._holder = open_holder()
+        self._open_connections += 1
+        self._release_at = None
 
     def closed(self) -> None:
         """A connection was closed: the last one starts the linger."""
