@@ -29,6 +29,8 @@ from models.sentiment._ngram import NgramModel
 from pipelines._errors import ModelError
 
 __all__ = [
+    "FLAG_NEGATIVE_THRESHOLD",
+    "NEGATIVE_RECALL_TARGET",
     "LanguageBlend",
     "StackMetadata",
     "StackedSentiment",
@@ -36,6 +38,11 @@ __all__ = [
     "fit_language_blend",
     "flag_threshold",
 ]
+
+FLAG_NEGATIVE_THRESHOLD = 0.70
+"""The flag rules' negative probability threshold (``negative_document.min_probability``)."""
+NEGATIVE_RECALL_TARGET = 0.90
+"""Dev negative recall that a language's flag threshold keeps (its operating point)."""
 
 _NGRAM_GRID = np.round(np.arange(0.0, 0.951, 0.05), 2)
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.3), np.log(3.0), 61))

@@ -39,6 +39,7 @@ from models.sentiment._datasets import (
 )
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import SentimentHead
+from models.sentiment._stacking import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
 from models.sentiment.stack import build_stack, stack_splits
 from models.sentiment.store_models import SentimentModel, model_proba
 from models.sentiment.store_training import train_candidate
@@ -88,8 +89,6 @@ def _stack_without(
     head_only: SentimentHead, cache: FeatureCache, datasets: Path, config: TrainingConfig
 ) -> SentimentModel:
     """The stack over ``head_only`` fitted on the sets in ``datasets`` (the held-out one absent)."""
-    from models.sentiment.lodo import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
-
     train, dev = stack_splits(select_datasets(discover_datasets(datasets), config.datasets))
     features = [cache.embeddings(split.frame["text"].tolist()) for split in dev]
     stack, _ = build_stack(

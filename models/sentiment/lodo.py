@@ -40,7 +40,12 @@ from models.sentiment._ngram import (
     class_balanced_weights,
     fit_ngram_language,
 )
-from models.sentiment._stacking import blend_log_proba, fit_language_blend
+from models.sentiment._stacking import (
+    FLAG_NEGATIVE_THRESHOLD,
+    NEGATIVE_RECALL_TARGET,
+    blend_log_proba,
+    fit_language_blend,
+)
 
 __all__ = [
     "OLD_POOL",
@@ -65,8 +70,6 @@ OLD_POOL = (
     "magaza_yorumlari_tr",
     "semeval16_restaurants_tr",
 )
-FLAG_NEGATIVE_THRESHOLD = 0.70
-NEGATIVE_RECALL_TARGET = 0.90
 
 
 @dataclass

@@ -35,6 +35,8 @@ from models.sentiment._ngram import (
     ngram_version,
 )
 from models.sentiment._stacking import (
+    FLAG_NEGATIVE_THRESHOLD,
+    NEGATIVE_RECALL_TARGET,
     StackedSentiment,
     StackMetadata,
     fit_language_blend,
@@ -313,7 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     from models.encoder import Encoder
     from models.sentiment._datasets import shared_datasets_dir
-    from models.sentiment.lodo import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
     from models.sentiment.train import load_training_config, select_datasets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

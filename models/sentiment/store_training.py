@@ -46,8 +46,13 @@ from models.sentiment._ngram import (
     fit_ngram_language,
     ngram_version,
 )
-from models.sentiment._stacking import StackedSentiment, StackMetadata, stack_version
-from models.sentiment.lodo import FLAG_NEGATIVE_THRESHOLD, NEGATIVE_RECALL_TARGET
+from models.sentiment._stacking import (
+    FLAG_NEGATIVE_THRESHOLD,
+    NEGATIVE_RECALL_TARGET,
+    StackedSentiment,
+    StackMetadata,
+    stack_version,
+)
 from models.sentiment.stack import fit_blends
 from models.sentiment.store_models import (
     GateDecision,
