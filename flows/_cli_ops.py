@@ -14,7 +14,6 @@ from rich.table import Table
 from flows._cli_dates import parse_moment_option
 from flows._cli_options import ConfigOption, DbOption, flow_db_parameter
 from pipelines._errors import WebError
-from pipelines._validate import check_configuration
 from pipelines.settings import load_settings
 from pipelines.storage import Store, resolve_db_url
 
@@ -67,6 +66,7 @@ def rerun(
     """Backfill or recompute the records created in [--since, --until)."""
     from flows._children import start_temporary_prefect_server
     from flows.rerun import rerun as rerun_flow
+    from pipelines._validate import check_configuration
 
     check_configuration(config, source, stage)  # before Prefect starts: errors in one line
     start_temporary_prefect_server()
@@ -124,6 +124,7 @@ def serve(
     """
     from flows._cli_web import start_web
     from flows.deployments import serve_locally
+    from pipelines._validate import check_configuration
 
     timezone = check_configuration(config).timezone
     if web:

@@ -13,7 +13,6 @@ from flows._cli_options import ConfigOption, DbOption, SourceOption
 from flows._cli_runs import open_read_only
 from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines.config import config_path
-from pipelines.ingest.sources import load_sources
 from pipelines.settings import load_settings
 from pipelines.storage import Store, find_quarantined, list_quarantined, resolve_db_url
 
@@ -93,6 +92,7 @@ def replay_command(
     their new reason. The next `feedback run` analyses the new records.
     """
     from pipelines.ingest._replay import replay_quarantine
+    from pipelines.ingest.sources import load_sources
 
     settings = load_settings(config)
     sources = load_sources(config_path("sources.yaml", config), names=source)

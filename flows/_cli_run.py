@@ -17,7 +17,6 @@ from flows._cli_options import ConfigOption, DbOption, SourceOption, flow_db_par
 from flows._cli_runs import RUN_COLUMNS, run_rows, stage_rows
 from flows._output import FormatOption, Listing, OutputFormat, print_listings
 from pipelines._secrets import mask_credentials
-from pipelines._validate import check_configuration
 from pipelines.settings import load_settings, outbox_dir_for
 from pipelines.storage import (
     Store,
@@ -61,6 +60,7 @@ def _run_flow(
 ) -> None:
     from flows._children import start_temporary_prefect_server
     from flows.nightly import nightly
+    from pipelines._validate import check_configuration
 
     # Configuration errors end here, at once, before Prefect starts (the flow checks again).
     check_configuration(config, sources, stages)
