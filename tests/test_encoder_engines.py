@@ -2,7 +2,8 @@
 
 Every engine must give the sentiment head the same features as torch fp32 (cosine >= 0.999 per
 pooled layer, same labels), with the same prefixes, windows and padding; ``auto`` must pick a
-faithful engine and remember it; the export must be atomic and written once.
+faithful engine and remember it; the export must be atomic and written once, its compiled
+form cached.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from models.encoder import (
     openvino_export_path,
 )
 from models.sentiment import SentimentHead
-from pipelines._errors import ConfigError
+from pipelines._errors import ConfigError, ModelError
 from pipelines.analysis.sentiment import load_sentiment_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +193,24 @@ def test_export_is_atomic_and_written_once(
     encoder = load_encoder(folder, dtype="fp32", engine="openvino")
     features = encoder.encode(TEXTS[:3], layers=LAYERS)
     assert _block_cosines(features, reference[:3]).min() >= MIN_COSINE
+    # The compiled model is cached per CPU inside the export; later loads import it.
+    assert len(list((target / "compiled").glob("*/*.blob"))) == 1
+    again = load_encoder(folder, dtype="fp32", engine="openvino")
+    assert np.array_equal(again.encode(TEXTS[:3], layers=LAYERS), features)
+
+
+def test_a_model_compiled_in_the_background_fails_at_first_use(encoder_folder: Path) -> None:
+    tokenizer = load_encoder(encoder_folder, dtype="fp32", engine="openvino").tokenizer
+
+    def compile_fails() -> tuple[object, object]:
+        raise ModelError("OpenVINO cannot compile encoder.xml; run prepare", code="E102")
+
+    encoder = Encoder.loading_in_background(
+        compile_fails, lambda: tokenizer, "v1", "fp32", engine="openvino", batch_size=8
+    )
+    assert (encoder.version, encoder.engine) == ("v1", "openvino")
+    assert encoder.encode([]).shape == (0, 384)  # nothing to encode: no model needed
+    for _ in range(2):  # every use says why, not only the first
+        with pytest.raises(ModelError, match="cannot compile") as failure:
+            encoder.encode(TEXTS[:1])
+        assert failure.value.code == "E102"

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -37,12 +40,15 @@ __all__ = [
     "EncoderInputError",
     "PooledForward",
     "TextKind",
+    "cpu_identity",
     "cpu_supports_bf16",
 ]
 
 EncoderDType = Literal["auto", "fp32", "bf16", "int8"]
 # (input_ids, attention_mask, layers) -> (rows, len(layers), 384) mean-pooled hidden states.
 PooledForward = Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]
+# (model, pooled forward): what an engine compiled in the background hands over.
+EngineParts = tuple[Any, PooledForward]
 TextKind = Literal["passage", "query"]
 EMBEDDING_DIM = 384
 WINDOW_CONTENT_TOKENS = 510
@@ -91,6 +97,27 @@ def cpu_supports_bf16() -> bool:
     return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
+def cpu_identity() -> str:
+    """The CPU's model name and sorted flags, for keys of what is measured or built per host.
+
+    Returns:
+        ``"<model name>|<flags>"`` from ``/proc/cpuinfo`` (the processor name where absent).
+    """
+    model, flags = "", ""
+    try:
+        for line in (
+            Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        ):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = " ".join(sorted(value.split()))
+    except OSError:
+        model = platform.processor()
+    return f"{model}|{flags}"
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask).
 
@@ -136,15 +163,79 @@ class Encoder:
         forward: PooledForward | None = None,
         batch_size: int = 64,
     ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
         self.version = version
         self.dtype = dtype
         self.bf16_probe_cosine = bf16_probe_cosine
         self.engine = engine
         self.batch_size = batch_size
-        self._forward = forward or self._torch_forward
+        self.tokenizer = tokenizer
         self._backend_tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self._pending: Future[EngineParts] | None = None
+        self._adopt(model, forward or self._torch_forward)
+
+    def _adopt(self, model: Any, forward: PooledForward) -> None:
+        self._model = model
+        self._forward = forward
+
+    @classmethod
+    def loading_in_background(
+        cls,
+        load: Callable[[], EngineParts],
+        load_tokenizer: Callable[[], Any],
+        version: str,
+        dtype: Literal["fp32", "bf16"],
+        *,
+        engine: Literal["torch", "openvino"],
+        batch_size: int,
+    ) -> Encoder:
+        """An encoder whose model ``load`` compiles on a thread started now.
+
+        Compiling releases the GIL, so it overlaps what the caller sets up meanwhile (other
+        stages, spaCy, language identification). Reading the tokenizer does not (run beside
+        that work it slowed it by more than it saved), so ``load_tokenizer`` runs here, while
+        the model compiles. The first ``encode`` or ``model`` waits for the model and raises
+        what ``load`` raised. The thread is not a daemon: a process that ends first waits for
+        it rather than exiting mid-compile.
+
+        Args:
+            load: Builds the engine's ``(model, pooled forward)``.
+            load_tokenizer: Reads the tokenizer.
+            version: Encoder version string from the folder's manifest.
+            dtype: Resolved compute type.
+            engine: The engine ``load`` builds.
+            batch_size: Default windows per forward pass.
+
+        Returns:
+            The encoder (``version``, ``dtype``, ``engine`` readable at once).
+        """
+        pending: Future[EngineParts] = Future()
+
+        def run() -> None:
+            try:
+                pending.set_result(load())
+            except BaseException as exc:  # handed to the first use, re-raised there
+                pending.set_exception(exc)
+
+        threading.Thread(target=run, name=f"{engine}-encoder-load").start()
+        encoder = cls(None, load_tokenizer(), version, dtype, engine=engine, batch_size=batch_size)
+        encoder._pending = pending
+        return encoder
+
+    def _wait_for_engine(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            self._adopt(*pending.result())
+            self._pending = None
+
+    @property
+    def model(self) -> Any:
+        """The engine's model (waits for a background load)."""
+        self._wait_for_engine()
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._model = model
 
     @property
     def dim(self) -> int:
@@ -288,6 +379,7 @@ class Encoder:
                     [_BOS_ID, *content[start : start + WINDOW_CONTENT_TOKENS], _EOS_ID]
                 )
 
+        self._wait_for_engine()
         pooled = self._window_means(window_ids, batch_size, layers)
         if len(window_ids) > len(texts):
             # Token-weighted sum of each text's windows (a text's windows are consecutive).

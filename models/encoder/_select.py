@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from models.encoder._embedder import (
     Encoder,
     EncoderDType,
     available_cores,
+    cpu_identity,
     cpu_supports_bf16,
     read_version,
 )
@@ -114,22 +114,6 @@ def _validated(engine: str, dtype: str) -> None:
         )
 
 
-def _cpu_identity() -> str:
-    model, flags = "", ""
-    try:
-        for line in (
-            Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-        ):
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        model = platform.processor()
-    return f"{model}|{flags}"
-
-
 def _version_of(package: str) -> str:
     try:
         return metadata.version(package)
@@ -140,7 +124,7 @@ def _version_of(package: str) -> str:
 def _choice_path(folder: Path, dtype: str, num_threads: int) -> Path:
     key = "|".join(
         [
-            _cpu_identity(),
+            cpu_identity(),
             str(num_threads),
             dtype,
             _version_of("torch"),
