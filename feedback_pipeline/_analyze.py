@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipelines._errors import ConfigError
 from pipelines.analysis.analyze import INTERNAL_COLUMNS, analyze_frame
+from pipelines.ingest.language import prefetch_default_model
 from pipelines.registry import build_stages
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import Store
@@ -43,6 +44,7 @@ class Analyzer:
         db: str | os.PathLike[str] | None = None,
         stages: Sequence[str] = ANALYZE_STAGES,
     ) -> None:
+        prefetch_default_model()
         self.stages: list[Stage] = build_stages(stages, config)
         self._db = db
         self._scratch: tempfile.TemporaryDirectory[str] | None = None

@@ -120,6 +120,22 @@ def test_invalid_settings_fail_with_fix() -> None:
         LanguageIdentifier(languages=("tr", "zz")).detect("merhaba dünya")
 
 
+def test_a_prefetched_model_answers_the_same_and_its_errors_reach_the_caller(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    texts = ["Kargo çok hızlı geldi", "Produsul este foarte bun", "The app keeps crashing"]
+    prefetched = LanguageIdentifier()
+    prefetched.prefetch()
+    assert prefetched.detect_many(texts) == LanguageIdentifier().detect_many(texts)
+
+    unknown = LanguageIdentifier(languages=("tr", "zz"))
+    unknown.prefetch()
+    for _ in range(2):  # raised where the model is used, every time, not on the thread
+        with pytest.raises(ValueError, match="ISO 639-1"):
+            unknown.detect("merhaba dünya")
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_shared_identifier_is_thread_safe() -> None:
     identifier = LanguageIdentifier()
     texts = ["Kargo çok hızlı geldi, teşekkürler", "The app keeps crashing"] * 20

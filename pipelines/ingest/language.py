@@ -28,6 +28,7 @@ letters (-> tr/en).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "LanguageIdentifier",
     "detect_language",
     "detect_languages",
+    "prefetch_default_model",
 ]
 
 OTHER = "other"
@@ -137,6 +139,20 @@ class LanguageIdentifier:
                 self._model = model
             return self._model
 
+    def prefetch(self) -> None:
+        """Start loading the py3langid model on a background thread; the first detection
+        waits for it (and raises what loading raised).
+
+        Loading takes about a second, most of it decompression, which releases the GIL, so
+        it overlaps the caller's own start-up.
+        """
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # raised again by the first detection
+                self._loaded_model()
+
+        threading.Thread(target=load, name="langid-load").start()
+
     def rank(self, text: str) -> tuple[list[tuple[str, float]], float]:
         """Probabilities of the configured Latin-script languages for ``text``.
 
@@ -209,6 +225,11 @@ def detect_language(text: str) -> LanguageGuess:
         ``LanguageGuess(lang, confidence)``; ``lang`` is ``"other"`` when unsure.
     """
     return _default_identifier.detect(text)
+
+
+def prefetch_default_model() -> None:
+    """Start loading the default identifier's model (see :meth:`LanguageIdentifier.prefetch`)."""
+    _default_identifier.prefetch()
 
 
 def detect_languages(texts: Iterable[str]) -> list[LanguageGuess]:
