@@ -9,6 +9,7 @@ form cached.
 from __future__ import annotations
 
 import json
+import locale
 import os
 import shutil
 from pathlib import Path
@@ -193,9 +194,16 @@ def test_export_is_atomic_and_written_once(
     encoder = load_encoder(folder, dtype="fp32", engine="openvino")
     features = encoder.encode(TEXTS[:3], layers=LAYERS)
     assert _block_cosines(features, reference[:3]).min() >= MIN_COSINE
-    # The compiled model is cached per CPU inside the export; later loads import it.
-    assert len(list((target / "compiled").glob("*/*.blob"))) == 1
+    # The compiled model is cached inside the export; later loads import it, on their thread,
+    # without touching the process locale (OpenVINO's CACHE_DIR set it to "C" meanwhile, so
+    # text files opened on other threads were read as ASCII).
+    assert len(list((target / "compiled").glob("*.blob"))) == 1
+    locale_before = locale.setlocale(locale.LC_CTYPE)
     again = load_encoder(folder, dtype="fp32", engine="openvino")
+    seen = set()
+    while again._pending is not None and not again._pending.done():
+        seen.add(locale.setlocale(locale.LC_CTYPE))
+    assert seen <= {locale_before}
     assert np.array_equal(again.encode(TEXTS[:3], layers=LAYERS), features)
 
 

@@ -17,6 +17,7 @@ mapped weights).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -232,18 +233,10 @@ def load_openvino_encoder(
     }
 
     def load() -> EngineParts:
-        compiled = _compile(target, config)
-        request = compiled.create_infer_request()
+        compiled, blob = _compile(target, config)
         # A plain view of the mapping: indexing an np.memmap wraps every result in a memmap.
         word_embeddings = np.asarray(np.load(target / _WORD_EMBEDDINGS, mmap_mode="r"))
-
-        def forward(
-            input_ids: np.ndarray, attention_mask: np.ndarray, layers: tuple[int, ...]
-        ) -> np.ndarray:
-            pooled = request.infer([word_embeddings[input_ids], attention_mask])[0]
-            return np.asarray(pooled)[:, list(layers)]
-
-        return compiled, forward
+        return compiled, _PooledForward(compiled, word_embeddings, blob)
 
     def load_tokenizer() -> Any:
         from tokenizers import Tokenizer
@@ -260,15 +253,43 @@ def load_openvino_encoder(
     )
 
 
-def _compile(target: Path, config: dict[str, Any]) -> Any:
-    """The export compiled for this CPU, through OpenVINO's compiled-model cache.
+class _PooledForward:
+    """The OpenVINO forward pass: word-embedding rows looked up here, the graph pools them.
 
-    The cache (``<export>/compiled/<digest>/``) holds the compiled graph, so later processes
-    import it (0.4 s) instead of compiling (0.9-1.0 s on two EPYC cores). OpenVINO keys its
-    entries by model path, settings and runtime version, and replaces an entry it cannot read;
-    the folder's digest adds the CPU (model and flags: hosts sharing a cache stay apart) and
-    the graph files' size and time, so a rewritten graph never meets an old entry. A cache
-    that cannot be used (a read-only shared folder) falls back to compiling.
+    Args:
+        compiled: The compiled graph.
+        word_embeddings: The (memory-mapped) word-embedding table.
+        blob: The mapped compiled-model blob the graph was imported from, or None; the graph
+            reads it in place (unmapping it crashed the process), so it lives as long as this.
+    """
+
+    def __init__(self, compiled: Any, word_embeddings: np.ndarray, blob: np.ndarray | None) -> None:
+        self._request = compiled.create_infer_request()
+        self._word_embeddings = word_embeddings
+        self._blob = blob
+
+    def __call__(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, layers: tuple[int, ...]
+    ) -> np.ndarray:
+        pooled = self._request.infer([self._word_embeddings[input_ids], attention_mask])[0]
+        return np.asarray(pooled)[:, list(layers)]
+
+
+def _compile(target: Path, config: dict[str, Any]) -> tuple[Any, np.ndarray | None]:
+    """The export compiled for this CPU, imported from our compiled-model cache when it can be.
+
+    The cache (``<export>/compiled/<digest>.blob``, ~83 MB) is OpenVINO's own export of the
+    compiled model: importing it from a memory map takes 0.4 s against 0.9-1.0 s to compile
+    (two EPYC cores). The digest covers the CPU (hosts sharing a cache stay apart), the graph
+    files' size and time, the settings and the OpenVINO version; a blob that does not import is
+    compiled again and replaced; a folder that cannot be written only loses the speed-up.
+    OpenVINO's ``CACHE_DIR`` does the same but switches the process locale to ``C`` while it
+    reads, which breaks text I/O on other threads (measured: the locale encoding became ASCII
+    for the duration of the load).
+
+    Returns:
+        The compiled model, and the mapped blob it was imported from (None when compiled),
+        which must live as long as the model.
     """
     import openvino as ov
 
@@ -276,19 +297,31 @@ def _compile(target: Path, config: dict[str, Any]) -> Any:
         (os.stat(target / name).st_size, os.stat(target / name).st_mtime_ns)
         for name in (_XML, _BIN)
     ]
-    digest = hashlib.sha256(f"{cpu_identity()}|{stamps}".encode()).hexdigest()[:16]
-    cache = target / _COMPILED / digest
+    key = f"{cpu_identity()}|{stamps}|{sorted(config.items())}|{ov.get_version()}"
+    blob = target / _COMPILED / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.blob"
+    core = ov.Core()
+    if blob.is_file():
+        try:
+            mapped = np.memmap(blob, dtype=np.uint8, mode="c")
+            return core.import_model(ov.Tensor(mapped, shared_memory=True), "CPU", config), mapped
+        except (OSError, ValueError, RuntimeError):
+            pass
     try:
-        return ov.Core().compile_model(
-            str(target / _XML), "CPU", {**config, "CACHE_DIR": str(cache)}
-        )
-    except RuntimeError:
-        pass
-    try:
-        return ov.Core().compile_model(str(target / _XML), "CPU", config)
+        compiled = core.compile_model(str(target / _XML), "CPU", config)
     except RuntimeError as exc:
         raise ModelError(
             f"OpenVINO cannot compile {target / _XML}: {exc}; delete {target} and run "
             "`python -m models.encoder prepare`, or set e5_head.engine: torch",
             code="E102",
         ) from exc
+    with contextlib.suppress(OSError, RuntimeError):
+        blob.parent.mkdir(exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{blob.name}.", dir=blob.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(compiled.export_model().getbuffer())
+            os.replace(staging, blob)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    return compiled, None
