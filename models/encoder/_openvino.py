@@ -293,10 +293,8 @@ def _compile(target: Path, config: dict[str, Any]) -> tuple[Any, np.ndarray | No
     """
     import openvino as ov
 
-    stamps = [
-        (os.stat(target / name).st_size, os.stat(target / name).st_mtime_ns)
-        for name in (_XML, _BIN)
-    ]
+    stats = [os.stat(target / name) for name in (_XML, _BIN)]
+    stamps = [(stat.st_size, stat.st_mtime_ns) for stat in stats]
     key = f"{cpu_identity()}|{stamps}|{sorted(config.items())}|{ov.get_version()}"
     blob = target / _COMPILED / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.blob"
     core = ov.Core()

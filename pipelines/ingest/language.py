@@ -144,8 +144,10 @@ class LanguageIdentifier:
         waits for it (and raises what loading raised).
 
         Loading takes about a second, most of it decompression, which releases the GIL, so
-        it overlaps the caller's own start-up.
+        it overlaps the caller's own start-up. Nothing is started once the model is loaded.
         """
+        if self._model is not None:
+            return
 
         def load() -> None:
             with contextlib.suppress(Exception):  # raised again by the first detection
