@@ -5,11 +5,12 @@ Usage::
     python benchmarks/aspects_topics_speed.py [--records 20000]
 
 Records are generated multilingual complaints (tests/_synthetic_feedback.py); each distinct
-text is encoded once and the 20,000 record vectors are those plus small noise, as the
-sentiment stage would hand them over in the ``embedding`` column. A quarter of the records
-have two sentences, given with ``sentences`` and ``sentence_embeddings`` (their record vector
-is the normalised mean of the two: only the timing matters here). The store is a fresh
-DuckDB file. Prints one Markdown table row per step.
+text is encoded once (the aspect heads' layer features) and the 20,000 record vectors are those
+plus small noise, as the sentiment stage would hand them over: features in the
+``embedding@layers-...`` columns, their last block (the E5 embedding) in ``embedding``. A
+quarter of the records have two sentences, given with ``sentences`` and the sentence vector
+columns (their record vector is the normalised mean of the two: only the timing matters here).
+The store is a fresh DuckDB file. Prints one Markdown table row per step.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.analysis._embedding_lookup import TextEmbedder
-from pipelines.analysis.aspects import AspectStage
+from pipelines.analysis._embedding_lookup import TextEmbedder, embedding_columns
+from pipelines.analysis.aspects import AspectHeads, AspectStage
 from pipelines.analysis.topics import TopicStage
 from pipelines.analysis.trends import TrendStage
 from pipelines.stages import StageContext
@@ -35,14 +36,17 @@ from pipelines.storage import Store, schema
 from tests._synthetic_feedback import THEMES, feedback_rows
 
 _NOISE = 0.02
+_E5_DIM = 384
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """Each 384-wide block of ``vector`` (one per encoder layer) scaled to unit norm."""
+    blocks = vector.reshape(-1, _E5_DIM)
+    return (blocks / np.linalg.norm(blocks, axis=1, keepdims=True)).reshape(-1)
 
 
 def build_batch(records: int, embedder: TextEmbedder) -> pd.DataFrame:
-    """``records`` generated records over 28 days with embeddings, sentences and sentiment."""
+    """``records`` generated records over 28 days with vectors, sentences and sentiment."""
     per_language = max(1, records // (len(THEMES) * 4))
     frame = feedback_rows(dict.fromkeys(THEMES, per_language), datetime(2024, 5, 1, tzinfo=UTC), 28)
     frame = frame.head(records).reset_index(drop=True)
@@ -55,14 +59,14 @@ def build_batch(records: int, embedder: TextEmbedder) -> pd.DataFrame:
     base = dict(zip(distinct, embedder.embed(distinct), strict=True))
 
     def noisy(vector: np.ndarray) -> np.ndarray:
-        return _unit((vector + generator.normal(0, _NOISE, vector.shape))[None, :])[0]
+        return _unit(vector + generator.normal(0, _NOISE, vector.shape))
 
     texts, embeddings, sentences, sentence_vectors = [], [], [], []
     for first, second, both in zip(firsts, seconds, two_sentences, strict=True):
         if both:
             pair = [noisy(base[first]), noisy(base[second])]
             texts.append(f"{first}. {second}")
-            embeddings.append(_unit((pair[0] + pair[1])[None, :])[0])
+            embeddings.append(_unit(pair[0] + pair[1]))
             sentences.append(
                 [
                     {"text": first, "sentiment": "negative"},
@@ -76,9 +80,16 @@ def build_batch(records: int, embedder: TextEmbedder) -> pd.DataFrame:
             sentences.append([{"text": first, "sentiment": "negative"}])
             sentence_vectors.append(None)
     frame["text"] = texts
-    frame["embedding"] = embeddings
     frame["sentences"] = sentences
-    frame["sentence_embeddings"] = sentence_vectors
+    doc_column, sentence_column = embedding_columns(embedder.layers)
+    frame[doc_column] = embeddings
+    frame[sentence_column] = sentence_vectors
+    if embedder.layers is not None:
+        frame["embedding"] = [vector[-_E5_DIM:] for vector in embeddings]
+        frame["sentence_embeddings"] = [
+            None if pair is None else [vector[-_E5_DIM:] for vector in pair]
+            for pair in sentence_vectors
+        ]
     frame["text_hash"] = [f"bench{index:08d}" for index in range(len(frame))]
     return frame
 
@@ -110,7 +121,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "bench.duckdb") as store:
-        embedder = TextEmbedder(store=store)
+        embedder = TextEmbedder(store=store, layers=AspectHeads.load().encoder_layers)
         batch = build_batch(arguments.records, embedder)
         _store_records(store, batch)
         context = StageContext(store=store, run_id="bench-1")
@@ -125,12 +136,12 @@ def main() -> None:
         aspects = AspectStage(embedder=embedder)
         result = timed("aspects: run", lambda: aspects.run(batch, context))
         timed("aspects: save", lambda: aspects.save(result, context))
-        topics = TopicStage(embedder=embedder)
+        topics = TopicStage(embedder=TextEmbedder(store=store))
         fitted = timed(
             "topics: run with refit (fit 20k window + assign)", lambda: topics.run(result, context)
         )
         timed("topics: save (model + record_topics)", lambda: topics.save(fitted, context))
-        nightly = TopicStage(embedder=embedder)
+        nightly = TopicStage(embedder=TextEmbedder(store=store))
         later = result.assign(created_at=result["created_at"] + timedelta(days=1))
         assigned = timed(
             "topics: run without refit (assign only)", lambda: nightly.run(later, context)

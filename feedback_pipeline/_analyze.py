@@ -13,7 +13,7 @@ from typing import Self
 import pandas as pd
 
 from pipelines._errors import ConfigError
-from pipelines.analysis.analyze import INTERNAL_COLUMNS, analyze_frame
+from pipelines.analysis.analyze import analyze_frame, is_internal_column
 from pipelines.ingest.language import prefetch_default_model
 from pipelines.registry import build_stages
 from pipelines.stages import Stage, StageContext
@@ -148,4 +148,4 @@ def analyze(
     if not parts:
         return frame.assign(lang=pd.Series(dtype="string"))
     result = pd.concat(parts)
-    return result[[name for name in result.columns if name not in INTERNAL_COLUMNS]]
+    return result[[name for name in result.columns if not is_internal_column(name)]]

@@ -10,8 +10,9 @@ annotated only for them) plus the YAML example phrases (weight ``EXAMPLE_WEIGHT`
 Train split -> heads, prototype calibration and thresholds (4-fold out-of-fold F1 on train for
 aspects with at least ``MIN_HEAD_POSITIVES`` mapped rows; ``EXAMPLE_ONLY_THRESHOLD`` for heads
 learnt from the examples alone); dev split -> the per-aspect figures written into the heads'
-JSON and printed as the Markdown table of ``models/cards/aspects.md``. No text is written
-anywhere; embeddings are cached under the encoder cache folder.
+JSON and printed as the Markdown table of ``models/cards/aspects.md``. The heads read the pooled
+vectors of ``ENCODER_LAYERS`` (the prototypes their last block, the E5 embedding). No text is
+written anywhere; features are cached under the encoder cache folder.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from pipelines.analysis.aspects import (
     prototype_similarity,
 )
 
-__all__ = ["ANNOTATED_SETS", "AnnotatedRows", "evaluate", "load_annotated", "main", "train"]
+__all__ = [
+    "ANNOTATED_SETS",
+    "EARLY_LAYER_SCALE",
+    "ENCODER_LAYERS",
+    "AnnotatedRows",
+    "evaluate",
+    "load_annotated",
+    "main",
+    "train",
+]
 
 # (language folder, data set, key of ``dataset_mapping``)
 ANNOTATED_SETS: tuple[tuple[str, str, str], ...] = (
@@ -51,6 +61,15 @@ _NEGATIVE_ONLY = {"twitter_us_airline_sentiment_en"}
 MIN_HEAD_POSITIVES = 50
 _THRESHOLD_GRID = np.round(np.arange(0.30, 0.951, 0.01), 2)
 _HEAD_C = 4.0
+# The sentiment head's layers: the sentiment stage hands their features to the aspects stage,
+# so the heads cost no second encoder pass.
+ENCODER_LAYERS: tuple[int, ...] = (4, 6, 8, 10, 12)
+# Scale of the layers before the last in head training (a stronger L2 penalty on them; folded
+# into the saved weights, so inference reads plain features). Dev macro F1 / generated
+# multilingual complaints found (RESULTS.md "Aspect heads over layers 4-12"): last layer alone
+# 0.554 / 0.858, scale 0.5 0.573 / 0.877, 1.0 0.586 / 0.811 (Romanian 0.62, greetings given
+# aspects): the early layers carry language more than meaning.
+EARLY_LAYER_SCALE = 0.5
 # Weight of one YAML example phrase in head training: the data sets are airline tweets and
 # restaurant/laptop reviews; weighted examples keep the heads general (retail, tr/fa/ro).
 EXAMPLE_WEIGHT = 20.0
@@ -99,14 +118,18 @@ def load_annotated(shared_dir: Path, config: AspectConfig) -> AnnotatedRows:
 
 
 def _embed_cached(texts: list[str], kind_note: str) -> tuple[np.ndarray, str]:
-    from models.encoder import Encoder, default_cache_root
+    from models.encoder import default_cache_root
+    from pipelines.analysis._embedding_lookup import shared_encoder
 
-    encoder = Encoder.load()
+    encoder = shared_encoder()
     digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
-    cache = default_cache_root() / "training" / f"{kind_note}-{encoder.version}-{digest}.npy"
+    layers = "-".join(map(str, ENCODER_LAYERS))
+    cache = (
+        default_cache_root() / "training" / f"{kind_note}-{encoder.version}-{layers}-{digest}.npy"
+    )
     if cache.is_file():
         return np.load(cache), encoder.version
-    vectors = encoder.encode(texts, kind="passage")
+    vectors = encoder.encode(texts, kind="passage", layers=ENCODER_LAYERS)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors, encoder.version
@@ -131,17 +154,26 @@ def train(
 
     Args:
         rows: Mapped annotated rows.
-        embeddings: Their passage embeddings.
-        example_vectors: Per detectable aspect, its example-phrase embeddings.
+        embeddings: Their features of ``ENCODER_LAYERS``.
+        example_vectors: Per detectable aspect, its example phrases' features.
         config: The taxonomy.
-        encoder_version: Encoder behind the embeddings.
+        encoder_version: Encoder behind the features.
 
     Returns:
         The heads (not yet evaluated or saved).
     """
     names = [aspect.name for aspect in config.detectable]
     train_rows = rows.splits == "train"
-    centred = prototype_similarity(embeddings[train_rows], example_vectors, config.prototype_top_k)
+    e5_dim = embeddings.shape[1] // len(ENCODER_LAYERS)
+    centred = prototype_similarity(
+        embeddings[train_rows][:, -e5_dim:],
+        [vectors[:, -e5_dim:] for vectors in example_vectors],
+        config.prototype_top_k,
+    )
+    scale = np.full(embeddings.shape[1], EARLY_LAYER_SCALE, dtype=np.float32)
+    scale[-e5_dim:] = 1.0
+    embeddings = embeddings * scale
+    example_vectors = [vectors * scale for vectors in example_vectors]
     truth = rows.gold[train_rows]
     calibration = LogisticRegression(max_iter=1000, class_weight="balanced").fit(
         centred.reshape(-1, 1), truth.reshape(-1)
@@ -201,11 +233,12 @@ def train(
         else:
             thresholds[name] = EXAMPLE_ONLY_THRESHOLD
         head.fit(features, labels, sample_weight=row_weights)
-        weights[name] = head.coef_[0].astype(np.float32)
+        weights[name] = (head.coef_[0] * scale).astype(np.float32)
         biases[name] = float(head.intercept_[0])
     return AspectHeads(
         version=f"{datetime.now(UTC):%Y%m%d}-{hashlib.sha256(rows.gold.tobytes()).hexdigest()[:6]}",
         encoder_version=encoder_version,
+        encoder_layers=ENCODER_LAYERS,
         prototype_slope=slope,
         prototype_intercept=intercept,
         prototype_threshold=prototype_threshold,
@@ -300,7 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     probabilities = detector.probabilities(embeddings)
     final = probabilities >= detector.thresholds
-    centred = prototype_similarity(embeddings, example_vectors, config.prototype_top_k)
+    centred = prototype_similarity(
+        heads.e5_block(embeddings),
+        [heads.e5_block(vectors) for vectors in example_vectors],
+        config.prototype_top_k,
+    )
     prototype_only = (
         1.0 / (1.0 + np.exp(-(heads.prototype_slope * centred + heads.prototype_intercept)))
         >= heads.prototype_threshold

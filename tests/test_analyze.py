@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipelines._errors import SourceError
-from pipelines.analysis.analyze import analyze_frame, read_feedback_file, write_jsonl
+from pipelines.analysis.analyze import (
+    analyze_frame,
+    output_record,
+    read_feedback_file,
+    write_jsonl,
+)
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.stages import Stage, StageContext
 from pipelines.storage import Store
@@ -138,6 +143,22 @@ def test_analyze_frame_and_writer(hf_config_dir: Path, tmp_path: Path) -> None:
     assert len(records[0]["sentences"]) == 2
     assert "ana@example.ro" not in json.dumps(records[1], ensure_ascii=False)
     assert records[0]["flagged"] is True  # the tiny model always says negative
+
+
+def test_no_vector_column_reaches_the_output() -> None:
+    vector = np.ones(4, dtype=np.float32)
+    row = pd.Series(
+        {
+            "id": "1",
+            "embedding": vector,
+            "sentence_embeddings": [vector],
+            "embedding@layers-4-6-8-10-12": vector,
+            "sentence_embeddings@layers-4-6-8-10-12": [vector],
+            "analysed": True,
+            "embedding_note": "a column of the input file",
+        }
+    )
+    assert output_record(row) == {"id": "1", "embedding_note": "a column of the input file"}
 
 
 def test_cli_analyze_jsonl_and_csv(hf_config_dir: Path, tmp_path: Path) -> None:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from pipelines._errors import ConfigError
-from pipelines.analysis._embedding_lookup import TextEmbedder
-from pipelines.analysis.aspects import DEFAULT_HEADS_DIR, AspectStage, load_aspect_config
+from models.sentiment import SentimentHead
+from pipelines._errors import ConfigError, ModelError
+from pipelines.analysis._embedding_lookup import TextEmbedder, is_embedding_column
+from pipelines.analysis.aspects import (
+    DEFAULT_HEADS_DIR,
+    AspectHeads,
+    AspectStage,
+    load_aspect_config,
+)
+from pipelines.analysis.sentiment import SentimentStage, load_sentiment_config
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.stages import StageContext
 from pipelines.storage import Store, schema
@@ -31,7 +39,7 @@ THEME_ASPECT = {
 def embedder() -> Iterator[TextEmbedder]:
     from models.encoder import Encoder
 
-    yield TextEmbedder(encoder=Encoder.load())
+    yield TextEmbedder(encoder=Encoder.load(), layers=AspectHeads.load().encoder_layers)
 
 
 def _aspects(stage: AspectStage, rows: list[dict], store: Store | None = None) -> pd.DataFrame:
@@ -65,6 +73,65 @@ def test_persian_and_turkish_late_delivery_share_the_aspect(embedder: TextEmbedd
     for items in result["aspects"]:
         assert items[0]["aspect"] == "delivery_shipping"
         assert items[0]["polarity"] == "negative"
+
+
+# Written for this test (no data-set text): late, lost or never-delivered orders, with the
+# anger that dilutes the delivery signal in short texts.
+ANGRY_DELIVERY_COMPLAINTS = {
+    "tr": [
+        "Siparişim iki hafta geç geldi, çok kızgınım",
+        "Kargom bir haftadır gelmedi, rezalet",
+        "Paketim geç geldi, çok sinirliyim",
+        "Siparişim hâlâ yolda, berbat bir hizmet",
+        "Teslimat üç gün gecikti, hiç memnun değilim",
+        "Kurye gelmedi, çok kızgınım",
+        "Kargo firması paketimi kaybetti, inanılmaz",
+        "Ürün 10 gündür kargoda bekliyor, bıktım",
+    ],
+    "fa": [
+        "سفارشم دو هفته دیر رسید، خیلی ناراحتم",
+        "سفارشم یک هفته دیر رسید، خیلی عصبانی‌ام",
+        "بسته‌ام هنوز نرسیده، افتضاحه",
+        "پیک دو ساعت دیر اومد، خیلی بد بود",
+        "ارسال خیلی طول کشید، دیگه خرید نمیکنم",
+        "مرسوله گم شده و کسی جواب نمیده",
+        "بسته رو دیر تحویل دادن، واقعا بد بود",
+        "ده روزه منتظر سفارشم هستم، خسته شدم",
+    ],
+    "ro": [
+        "Coletul a întârziat o săptămână, sunt foarte supărat",
+        "Comanda nu a ajuns nici acum, e o bătaie de joc",
+        "Livrarea a durat doua saptamani, dezamagitor",
+        "Curierul nu a venit deloc, sunt furios",
+        "Coletul a ajuns după 10 zile, inacceptabil",
+        "Comanda mea s-a pierdut pe drum, nimeni nu raspunde",
+        "Am asteptat coletul o luna, niciodata nu mai comand",
+        "Livrare foarte lenta, produsul a venit tarziu",
+    ],
+    "en": [
+        "My parcel came a week late, I'm furious",
+        "Order still not here after 10 days, ridiculous",
+        "The courier never showed up, so annoyed",
+        "Delivery took three weeks, never again",
+        "My package got lost and nobody cares",
+        "Shipping was painfully slow, very disappointed",
+        "Still waiting for my order, this is a joke",
+        "The parcel arrived late and the box was crushed",
+    ],
+}
+
+
+def test_angry_delivery_complaints_keep_their_aspect(embedder: TextEmbedder) -> None:
+    # 25 of 32 with heads 20261201-76383c at threshold 0.30 (21 with the last-layer heads at 0.35).
+    stage = AspectStage(embedder=embedder)
+    rows = [
+        {"id": f"{lang}-{index}", "text": text, "lang": lang, "sentiment": "negative"}
+        for lang, texts in ANGRY_DELIVERY_COMPLAINTS.items()
+        for index, text in enumerate(texts)
+    ]
+    result = _aspects(stage, rows)
+    found = ["delivery_shipping" in _names(items) for items in result["aspects"]]
+    assert sum(found) >= 24, [row["text"] for row, hit in zip(rows, found, strict=True) if not hit]
 
 
 def test_generated_complaints_land_on_their_aspect_in_every_language(
@@ -166,7 +233,9 @@ def test_new_aspect_in_a_yaml_copy_works_without_code(
 
 
 def test_stage_saves_rows_and_survives_bad_input(embedder: TextEmbedder, store: Store) -> None:
-    stage = AspectStage(embedder=TextEmbedder(encoder=embedder.encoder, store=store))
+    stage = AspectStage(
+        embedder=TextEmbedder(encoder=embedder.encoder, store=store, layers=embedder.layers)
+    )
     rows = [
         {
             "id": "a",
@@ -211,3 +280,56 @@ def test_shipped_taxonomy_and_heads_agree() -> None:
     assert config.map_category("semeval16_laptops", "BATTERY#QUALITY") == "product_quality"
     assert config.map_category("twitter_us_airline_sentiment", "Late Flight") == "delivery_shipping"
     assert (DEFAULT_HEADS_DIR / "aspects.safetensors").is_file()
+    # The sentiment stage hands over its head's layer features: the aspect heads read the same.
+    sentiment_head = SentimentHead.load(load_sentiment_config().e5_head.head_path)
+    assert AspectHeads.load().encoder_layers == tuple(sentiment_head.metadata.encoder_layers)
+
+
+def test_an_embedder_of_other_layers_is_refused() -> None:
+    with pytest.raises(ModelError, match=r"encoder layers \(4, 6, 8, 10, 12\).*gives None"):
+        AspectStage(embedder=TextEmbedder())
+
+
+class _CountingEmbedder(TextEmbedder):
+    """The real embedder, noting the texts it is asked to embed."""
+
+    def __init__(self, embedder: TextEmbedder) -> None:
+        super().__init__(encoder=embedder.encoder, layers=embedder.layers)
+        self.embedded: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.embedded.extend(texts)
+        return super().embed(texts)
+
+
+def test_aspects_read_the_sentiment_stage_features_instead_of_encoding(
+    embedder: TextEmbedder, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "db.duckdb")
+    context = StageContext(store=store, run_id="test", options={"cache_embeddings": False})
+    records = pd.DataFrame(
+        {
+            "id": ["tr", "fa", "en"],
+            "text": [
+                "Ürün güzel. Ama kargo iki hafta geç geldi.",
+                "غذا خوشمزه بود. ولی پیک خیلی بی‌ادب بود.",
+                "The app keeps crashing at checkout. Support never answered my emails.",
+            ],
+            "lang": ["tr", "fa", "en"],
+        }
+    )
+    analysed = SentimentStage.from_config().run(records, context)
+    counting = _CountingEmbedder(embedder)
+    stage = AspectStage(embedder=counting)
+    stage.detector(counting)  # the example phrases, encoded once
+    counting.embedded.clear()
+    handed_over = stage.run(analysed, context)
+    assert counting.embedded == []
+    bare = analysed[[name for name in analysed.columns if not is_embedding_column(name)]]
+    encoded = stage.run(bare, context)
+    assert len(counting.embedded) == 3 + 6  # documents, then their sentences
+    for given, computed in zip(handed_over["aspects"], encoded["aspects"], strict=True):
+        assert [item["aspect"] for item in given] == [item["aspect"] for item in computed]
+        np.testing.assert_allclose(
+            [item["score"] for item in given], [item["score"] for item in computed], atol=2e-3
+        )

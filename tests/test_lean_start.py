@@ -25,7 +25,7 @@ from pipelines.analysis._embedding_lookup import (
     shared_encoder,
 )
 from pipelines.analysis.analyze import iter_feedback_file
-from pipelines.analysis.aspects import AspectDetector, AspectStage
+from pipelines.analysis.aspects import AspectDetector, AspectHeads, AspectStage
 from pipelines.analysis.sentiment import SentimentStage
 from pipelines.config import DEFAULT_CONFIG_DIR
 
@@ -36,7 +36,7 @@ class CountingEmbedder(TextEmbedder):
     """The real embedder, counting the texts it is asked to embed."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(layers=AspectHeads.load().encoder_layers)
         self.embedded: list[str] = []
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -75,7 +75,9 @@ def test_cached_example_phrases_are_not_encoded_again(
     again = CountingEmbedder()
     cached = AspectStage(embedder=again, phrase_cache=folder).detector(again)
     assert again.embedded == []
-    probe = TextEmbedder().embed(["The parcel arrived two weeks late", "Personel çok kabaydı"])
+    probe = TextEmbedder(layers=AspectHeads.load().encoder_layers).embed(
+        ["The parcel arrived two weeks late", "Personel çok kabaydı"]
+    )
     assert np.array_equal(detector.probabilities(probe), cached.probabilities(probe))
 
 

@@ -37,6 +37,7 @@ from models.sentiment.train import (
     train_head,
 )
 from pipelines._errors import ConfigError, ModelError
+from pipelines.analysis._embedding_lookup import embedding_columns
 from pipelines.analysis.sentiment import (
     E5HeadBackend,
     HFSequenceClassificationBackend,
@@ -479,6 +480,25 @@ def test_committed_head_pools_several_layers_and_hands_on_the_e5_embedding(
     _, embeddings = backend.predict_with_embeddings(texts, ["tr", "ro"])
     assert embeddings is not None
     np.testing.assert_allclose(embeddings, backend.encoder.encode(texts), atol=1e-5)
+
+
+def test_stage_hands_on_the_layer_features_beside_the_e5_embedding(
+    e5_stage: SentimentStage, store: Store
+) -> None:
+    layers = e5_stage.backend.feature_layers
+    assert layers is not None
+    doc_column, sentence_column = embedding_columns(layers)
+    texts = ["Kargo çok geç geldi. Kurye de çok kabaydı.", "Mâncarea a fost excelentă."]
+    batch = pd.DataFrame({"id": ["f1", "f2"], "text": texts, "lang": ["tr", "ro"]})
+    result = e5_stage.run(batch, StageContext(store, "run-1"))
+    features = np.stack(result[doc_column])
+    assert features.shape == (2, 384 * len(layers))
+    encoded = e5_stage.backend.encoder.encode(texts, layers=layers)
+    np.testing.assert_allclose(features, encoded, atol=1e-5)
+    np.testing.assert_array_equal(np.stack(result["embedding"]), features[:, -384:])
+    sentences = result[sentence_column][0]
+    assert sentences.shape == (2, 384 * len(layers))
+    np.testing.assert_array_equal(result["sentence_embeddings"][0], sentences[:, -384:])
 
 
 _TINY_SET = {

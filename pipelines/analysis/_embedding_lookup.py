@@ -3,8 +3,9 @@
 Order of preference for a record's vector: the batch's ``embedding`` column (written by the
 sentiment stage), the ``embeddings`` table keyed by (encoder version, text hash), and only then
 the encoder itself (whose new vectors are written back to the table). Features pooled from
-several encoder layers (what the sentiment head reads) are cached the same way under
-``<encoder version>@layers-<layers>``.
+several encoder layers (what the sentiment and aspect heads read) are cached the same way under
+``<encoder version>@layers-<layers>`` and travel in batch columns named the same way
+(:func:`embedding_columns`).
 
 The encoder is loaded once per process (``shared_encoder``): the stages share it instead of
 holding one copy each. A second copy cost about 1 GB and 7.6 s of ``feedback analyze``'s cold
@@ -37,13 +38,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDING_COLUMN",
+    "SENTENCE_EMBEDDING_COLUMN",
     "TextEmbedder",
     "cached_phrase_vectors",
+    "embedding_columns",
+    "is_embedding_column",
     "process_encoder",
     "shared_encoder",
 ]
 
 EMBEDDING_COLUMN = "embedding"
+SENTENCE_EMBEDDING_COLUMN = "sentence_embeddings"
 _LOOKUP_CHUNK = 1000
 _DIM = 384  # multilingual-e5-small
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._@-]")
@@ -103,6 +108,40 @@ def process_encoder() -> Encoder:
     return _last_loaded() or shared_encoder()
 
 
+def _layers_suffix(layers: Sequence[int] | None) -> str:
+    return "" if layers is None else f"@layers-{'-'.join(map(str, layers))}"
+
+
+def embedding_columns(layers: Sequence[int] | None = None) -> tuple[str, str]:
+    """Batch columns holding the vectors of ``layers``: ``(per record, per sentence)``.
+
+    Args:
+        layers: None for the E5 embedding; else the encoder layers whose pooled vectors are
+            concatenated (e.g. the sentiment head's features).
+
+    Returns:
+        ``("embedding", "sentence_embeddings")`` for the E5 embedding, else the same names
+        with ``@layers-4-6-...`` appended.
+    """
+    suffix = _layers_suffix(layers)
+    return f"{EMBEDDING_COLUMN}{suffix}", f"{SENTENCE_EMBEDDING_COLUMN}{suffix}"
+
+
+def is_embedding_column(name: object) -> bool:
+    """Whether a batch column holds vectors (kept in memory, never written to outputs).
+
+    Args:
+        name: A column name.
+
+    Returns:
+        True for the columns :func:`embedding_columns` names, whatever their layers.
+    """
+    return isinstance(name, str) and (
+        name in (EMBEDDING_COLUMN, SENTENCE_EMBEDDING_COLUMN)
+        or name.startswith((f"{EMBEDDING_COLUMN}@", f"{SENTENCE_EMBEDDING_COLUMN}@"))
+    )
+
+
 def _as_vector(value: object) -> np.ndarray | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
@@ -139,19 +178,20 @@ class TextEmbedder:
         return self._encoder
 
     @property
+    def encoder_version(self) -> str:
+        """Version of the encoder behind the vectors (without loading it)."""
+        loaded = self._encoder or _last_loaded()
+        if loaded is not None:
+            return loaded.version
+        from models.encoder import encoder_version
+
+        return encoder_version()
+
+    @property
     def version(self) -> str:
         """The ``model_version`` key in the ``embeddings`` table: the encoder version, with
         ``@layers-...`` appended for multi-layer features."""
-        loaded = self._encoder or _last_loaded()
-        if loaded is not None:
-            encoder = loaded.version
-        else:
-            from models.encoder import encoder_version
-
-            encoder = encoder_version()
-        if self.layers is None:
-            return encoder
-        return f"{encoder}@layers-{'-'.join(map(str, self.layers))}"
+        return f"{self.encoder_version}{_layers_suffix(self.layers)}"
 
     @property
     def dim(self) -> int:
@@ -259,18 +299,20 @@ class TextEmbedder:
         )
 
     def batch_embeddings(self, batch: pd.DataFrame, text_column: str = "text") -> np.ndarray:
-        """One vector per row of ``batch``: its ``embedding`` value, else cached/encoded text.
+        """One vector per row of ``batch``: its value in this embedder's column (``embedding``
+        or ``embedding@layers-...``, see :func:`embedding_columns`), else cached/encoded text.
 
         Args:
-            batch: Records; may carry an ``embedding`` column of 1-d arrays (None where absent).
+            batch: Records; may carry the column, 1-d arrays (None where absent).
             text_column: Column holding the analysed text.
 
         Returns:
             Array of shape (len(batch), dim), float32, rows in batch order.
         """
+        column = embedding_columns(self.layers)[0]
         given: list[np.ndarray | None] = (
-            [_as_vector(value) for value in batch[EMBEDDING_COLUMN]]
-            if EMBEDDING_COLUMN in batch.columns
+            [_as_vector(value) for value in batch[column]]
+            if column in batch.columns
             else [None] * len(batch)
         )
         todo = [index for index, vector in enumerate(given) if vector is None]
@@ -279,7 +321,7 @@ class TextEmbedder:
             for index, vector in zip(todo, self.embed(texts), strict=True):
                 given[index] = vector
         if not given:
-            return np.zeros((0, _DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(given).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
 

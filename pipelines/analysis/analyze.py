@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines._errors import ConfigError, SourceError
+from pipelines.analysis._embedding_lookup import is_embedding_column
 from pipelines.ingest.dedupe import text_hash
 from pipelines.ingest.language import DEFAULT_LANGUAGES, OTHER, detect_languages
 from pipelines.ingest.normalize import normalize_text
@@ -32,11 +33,11 @@ from pipelines.stages import Stage, StageContext
 
 __all__ = [
     "ANALYSED_COLUMN",
-    "INTERNAL_COLUMNS",
     "KNOWN_LANGS",
     "BadRow",
     "analyze_frame",
     "count_input_rows",
+    "is_internal_column",
     "iter_feedback_file",
     "output_record",
     "read_feedback_file",
@@ -45,11 +46,23 @@ __all__ = [
 
 ANALYSED_COLUMN = "analysed"
 LINE_COLUMN = "line"
-# Columns kept in memory for later stages but never written to output files.
-INTERNAL_COLUMNS: frozenset[str] = frozenset(
-    {"embedding", "sentence_embeddings", ANALYSED_COLUMN, LINE_COLUMN, "text_hash"}
-)
+# Columns kept in memory for later stages but never written to output files, besides the
+# vector columns (``is_embedding_column``).
+_INTERNAL_COLUMNS: frozenset[str] = frozenset({ANALYSED_COLUMN, LINE_COLUMN, "text_hash"})
 _CSV_SUFFIXES = {".csv", ".tsv"}
+
+
+def is_internal_column(name: object) -> bool:
+    """Whether a batch column stays in memory only (vectors, bookkeeping), never in outputs.
+
+    Args:
+        name: A column name.
+
+    Returns:
+        True for the bookkeeping columns (analysed flag, line, text hash) and every vector
+            column.
+    """
+    return name in _INTERNAL_COLUMNS or is_embedding_column(name)
 
 
 @dataclass(frozen=True)
@@ -273,7 +286,7 @@ def output_record(row: Mapping[str, Any]) -> dict[str, Any]:
         Every other column, with numpy/pandas values converted to plain JSON types.
     """
     return {
-        str(name): _json_ready(value) for name, value in row.items() if name not in INTERNAL_COLUMNS
+        str(name): _json_ready(value) for name, value in row.items() if not is_internal_column(name)
     }
 
 

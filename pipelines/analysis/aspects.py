@@ -7,11 +7,14 @@ Scoring, for a sentence embedding ``e`` and an aspect ``a`` of ``configs/aspects
   similarity), mapped to a probability by one aspect-agnostic logistic calibration learnt on the
   annotated data sets. Any aspect with examples gets this score, so adding an aspect to the
   YAML needs no code change and no retraining.
-* **head score**: a logistic head per aspect on the embedding
-  (``models/heads/aspects.safetensors``) trained by ``python -m models.aspects_train`` on the
-  mapped data sets plus the YAML examples (weighted, every language); aspects no data set has
-  (returns, loyalty) learn from the examples alone. Where a head exists it replaces the
-  prototype score; an aspect added to the YAML later has none until the next training.
+* **head score**: a logistic head per aspect (``models/heads/aspects.safetensors``) trained by
+  ``python -m models.aspects_train`` on the mapped data sets plus the YAML examples (weighted,
+  every language); aspects no data set has (returns, loyalty) learn from the examples alone.
+  Where a head exists it replaces the prototype score; an aspect added to the YAML later has
+  none until the next training. The heads read the pooled vectors of several encoder layers
+  (``AspectHeads.encoder_layers``, the sentiment head's: that stage hands them over in the
+  batch, so aspects cost no second encoder pass); the prototypes read the last layer's block,
+  the E5 embedding.
 
 An aspect is reported when its probability reaches its threshold (tuned out-of-fold on the
 training split where the data has the aspect, 0.5 for example-only heads, the calibrated
@@ -39,7 +42,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from safetensors.numpy import load_file, save_file
 
 from pipelines._errors import ModelError
-from pipelines.analysis._embedding_lookup import TextEmbedder, cached_phrase_vectors
+from pipelines.analysis._embedding_lookup import (
+    TextEmbedder,
+    cached_phrase_vectors,
+    embedding_columns,
+)
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import record_aspects as stored_aspects
@@ -218,6 +225,9 @@ class AspectHeads:
     Attributes:
         version: Head version (training date + data fingerprint).
         encoder_version: Encoder the heads were trained on; must match at load.
+        encoder_layers: Encoder layers whose pooled vectors the heads read, concatenated (see
+            ``Encoder.encode``; they end with the last layer, whose block is the E5 embedding);
+            None: the E5 embedding alone.
         prototype_slope: Calibration slope of the centred prototype similarity.
         prototype_intercept: Calibration intercept.
         prototype_threshold: Probability threshold for aspects scored by prototype only.
@@ -229,6 +239,7 @@ class AspectHeads:
 
     version: str
     encoder_version: str
+    encoder_layers: tuple[int, ...] | None
     prototype_slope: float
     prototype_intercept: float
     prototype_threshold: float
@@ -236,6 +247,19 @@ class AspectHeads:
     biases: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def e5_block(self, features: np.ndarray) -> np.ndarray:
+        """The E5 embeddings inside features of :attr:`encoder_layers` (their last block).
+
+        Args:
+            features: ``(N, 384 * layers)`` vectors as the heads read them.
+
+        Returns:
+            ``(N, 384)`` unit-norm E5 embeddings (a view).
+        """
+        if self.encoder_layers is None:
+            return features
+        return features[:, -(features.shape[1] // len(self.encoder_layers)) :]
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``aspects.safetensors`` (head weights) and ``aspects.json`` (the rest).
@@ -255,6 +279,7 @@ class AspectHeads:
         meta = {
             "version": self.version,
             "encoder_version": self.encoder_version,
+            "encoder_layers": None if self.encoder_layers is None else list(self.encoder_layers),
             "prototype": {
                 "slope": self.prototype_slope,
                 "intercept": self.prototype_intercept,
@@ -278,8 +303,10 @@ class AspectHeads:
             The heads.
 
         Raises:
-            ModelError: Files missing or unreadable.
+            ModelError: Files missing or unreadable, or layers that do not end with the last.
         """
+        from models.encoder import LAST_LAYER
+
         folder = Path(directory) if directory is not None else DEFAULT_HEADS_DIR
         meta_file = folder / f"{HEADS_STEM}.json"
         tensor_file = folder / f"{HEADS_STEM}.safetensors"
@@ -290,9 +317,13 @@ class AspectHeads:
             names = sorted(
                 key.removesuffix(".weight") for key in tensors if key.endswith(".weight")
             )
+            layers = meta["encoder_layers"]
+            if layers is not None and (not layers or layers[-1] != LAST_LAYER):
+                raise ValueError(f"encoder_layers {layers} must end with {LAST_LAYER}")
             return cls(
                 version=str(meta["version"]),
                 encoder_version=str(meta["encoder_version"]),
+                encoder_layers=None if layers is None else tuple(int(x) for x in layers),
                 prototype_slope=float(prototype["slope"]),
                 prototype_intercept=float(prototype["intercept"]),
                 prototype_threshold=float(prototype["threshold"]),
@@ -332,17 +363,18 @@ def prototype_similarity(
 
 
 class AspectDetector:
-    """Scores embeddings against the taxonomy.
+    """Scores texts' features (``heads.encoder_layers``) against the taxonomy.
 
     Args:
         config: The taxonomy.
         heads: Trained heads and calibration.
-        embed: Function returning unit-norm passage embeddings for texts (used for the example
+        embed: Function returning the features the heads read for texts (used for the example
             phrases, once).
         encoder_version: Version of the encoder behind ``embed``; must match the heads'.
 
     Raises:
-        ModelError: The heads were trained on another encoder.
+        ModelError: The heads were trained on another encoder, or ``embed`` gives features of
+            another size than the heads read.
     """
 
     def __init__(
@@ -360,7 +392,8 @@ class AspectDetector:
         self.config = config
         self.heads = heads
         self.names = [aspect.name for aspect in config.detectable]
-        self._examples = [embed(aspect.example_phrases) for aspect in config.detectable]
+        example_features = [embed(aspect.example_phrases) for aspect in config.detectable]
+        self._examples = [heads.e5_block(features) for features in example_features]
         self.thresholds = np.array(
             [
                 aspect.threshold
@@ -377,43 +410,52 @@ class AspectDetector:
             else np.zeros((0, 0), dtype=np.float32)
         )
         self._head_bias = np.array([heads.biases[self.names[i]] for i in self._headed])
+        read = self._head_matrix.shape[0]
+        if self._headed and (given := example_features[0].shape[1]) != read:
+            raise ModelError(
+                f"aspect heads read {read}-d features (encoder layers {heads.encoder_layers}) "
+                f"but the embedder gives {given}-d ones; embed with "
+                "TextEmbedder(layers=heads.encoder_layers)"
+            )
 
     @property
     def version(self) -> str:
         """Model version stored with every result: heads version + taxonomy fingerprint."""
         return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """Probability of each aspect for each embedding.
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Probability of each aspect for each row of features.
 
         Args:
-            embeddings: (N, dim) unit-norm vectors.
+            features: (N, dim) features of ``heads.encoder_layers``.
 
         Returns:
             (N, len(names)) probabilities, columns in ``names`` order.
         """
-        if embeddings.shape[0] == 0:
+        if features.shape[0] == 0:
             return np.zeros((0, len(self.names)), dtype=np.float32)
-        centred = prototype_similarity(embeddings, self._examples, self.config.prototype_top_k)
+        centred = prototype_similarity(
+            self.heads.e5_block(features), self._examples, self.config.prototype_top_k
+        )
         probabilities = _sigmoid(
             self.heads.prototype_slope * centred + self.heads.prototype_intercept
         )
         if self._headed:
             probabilities[:, self._headed] = _sigmoid(
-                embeddings @ self._head_matrix + self._head_bias
+                features @ self._head_matrix + self._head_bias
             )
         return probabilities.astype(np.float32)
 
-    def detect(self, embeddings: np.ndarray) -> list[list[tuple[str, float]]]:
-        """Aspects above threshold per embedding, best first, at most ``max_aspects_per_sentence``.
+    def detect(self, features: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Aspects above threshold per row, best first, at most ``max_aspects_per_sentence``.
 
         Args:
-            embeddings: (N, dim) unit-norm vectors.
+            features: (N, dim) features of ``heads.encoder_layers``.
 
         Returns:
             Per row, ``(aspect, probability)`` pairs (empty when nothing passes).
         """
-        probabilities = self.probabilities(embeddings)
+        probabilities = self.probabilities(features)
         limit = self.config.max_aspects_per_sentence
         found: list[list[tuple[str, float]]] = []
         for row in probabilities:
@@ -446,19 +488,20 @@ def _sentence_texts_and_polarities(
 def record_aspects(
     batch: pd.DataFrame,
     detector: AspectDetector,
-    doc_embeddings: np.ndarray,
+    doc_features: np.ndarray,
     embed_sentences: Callable[[list[str]], np.ndarray],
 ) -> list[list[dict[str, Any]]]:
     """Aspects of every record: union of its sentences' aspects and the whole record's.
 
     Args:
         batch: Records with ``text`` and ``lang``; optional ``sentences`` (sentiment stage:
-            ``[{text, sentiment, ...}]``), ``sentence_embeddings`` (arrays aligned with
-            ``sentences``) and ``sentiment`` (record label).
+            ``[{text, sentiment, ...}]``), sentence features of the heads' layers in the column
+            ``embedding_columns(layers)`` names (arrays aligned with ``sentences``) and
+            ``sentiment`` (record label).
         detector: The aspect detector.
-        doc_embeddings: (len(batch), dim) record embeddings.
+        doc_features: (len(batch), dim) record features of the heads' layers.
         embed_sentences: Embeds sentence texts (cache-backed) for multi-sentence records
-            without ``sentence_embeddings``.
+            without sentence features.
 
     Returns:
         Per record, ``[{aspect, polarity, score, evidence}]`` best first, where ``evidence`` is
@@ -476,14 +519,15 @@ def record_aspects(
         )
         for index, (_, row) in enumerate(batch.iterrows())
     ]
-    given = list(batch["sentence_embeddings"]) if "sentence_embeddings" in batch.columns else None
+    sentence_column = embedding_columns(detector.heads.encoder_layers)[1]
+    given = list(batch[sentence_column]) if sentence_column in batch.columns else None
     # Single-sentence records are scored through their record embedding only.
     blocks: list[np.ndarray | None] = []
     to_embed: list[str] = []
     for index, (texts, _) in enumerate(sentences):
         vectors = given[index] if given is not None else None
         if len(texts) <= 1:
-            blocks.append(np.zeros((0, doc_embeddings.shape[1]), dtype=np.float32))
+            blocks.append(np.zeros((0, doc_features.shape[1]), dtype=np.float32))
         elif isinstance(vectors, list | tuple | np.ndarray) and len(vectors) >= len(texts):
             blocks.append(np.asarray(list(vectors)[: len(texts)], dtype=np.float32))
         else:
@@ -495,7 +539,7 @@ def record_aspects(
         if blocks[index] is None and embedded is not None:
             blocks[index] = embedded[offset : offset + len(texts)]
             offset += len(texts)
-    stacked = np.concatenate([doc_embeddings, *[b for b in blocks if b is not None]], axis=0)
+    stacked = np.concatenate([doc_features, *[b for b in blocks if b is not None]], axis=0)
     probabilities = detector.probabilities(stacked)
     detected = detector.detect(stacked)
     results: list[list[dict[str, Any]]] = []
@@ -553,8 +597,9 @@ class AspectStage(Stage):
     Args:
         config_dir: Folder with ``aspects.yaml`` (None: default resolution).
         heads_dir: Folder with the trained heads (None: ``models/heads``).
-        embedder: Embedding provider; None builds one over the run's store (cache) that loads
-            the encoder only if some text is not cached.
+        embedder: Provider of the heads' features (its ``layers`` must be the heads'
+            ``encoder_layers``); None builds one over the run's store (cache) that loads the
+            encoder only if some text is not cached.
         phrase_cache: Folder caching the example phrases' embeddings between runs; None: the
             default (see :func:`cached_phrase_vectors`).
     """
@@ -571,6 +616,12 @@ class AspectStage(Stage):
     ) -> None:
         self.config = load_aspect_config(config_dir)
         self.heads = AspectHeads.load(heads_dir)
+        if embedder is not None and embedder.layers != self.heads.encoder_layers:
+            raise ModelError(
+                f"the aspect heads read encoder layers {self.heads.encoder_layers} but the "
+                f"embedder gives {embedder.layers}; pass "
+                "TextEmbedder(layers=AspectHeads.load().encoder_layers)"
+            )
         self.embedder = embedder
         self._phrase_cache = Path(phrase_cache) if phrase_cache is not None else None
         self._detector: AspectDetector | None = None
@@ -581,10 +632,10 @@ class AspectStage(Stage):
         return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
 
     def detector(self, embedder: TextEmbedder) -> AspectDetector:
-        """The detector, built on first use (example phrase embeddings from the disk cache).
+        """The detector, built on first use (example phrase features from the disk cache).
 
         Args:
-            embedder: Embedding provider for the example phrases.
+            embedder: Provider of the heads' features for the example phrases.
 
         Returns:
             The detector.
@@ -594,7 +645,10 @@ class AspectStage(Stage):
             vectors = cached_phrase_vectors(groups, embedder, self._phrase_cache)
             vectors_of = dict(zip(groups, vectors, strict=True))
             self._detector = AspectDetector(
-                self.config, self.heads, lambda texts: vectors_of[tuple(texts)], embedder.version
+                self.config,
+                self.heads,
+                lambda texts: vectors_of[tuple(texts)],
+                embedder.encoder_version,
             )
         return self._detector
 
@@ -602,8 +656,9 @@ class AspectStage(Stage):
         """Add the ``aspects`` column (see :func:`record_aspects`).
 
         Args:
-            batch: Records (``id``, ``text``, ``lang``; optional sentiment columns, ``embedding``).
-            context: Run context; its store caches embeddings.
+            batch: Records (``id``, ``text``, ``lang``; optional sentiment columns and the
+                heads' features, see :func:`record_aspects`).
+            context: Run context; its store caches features.
 
         Returns:
             The batch with ``aspects``.
@@ -612,10 +667,12 @@ class AspectStage(Stage):
         if result.empty:
             result["aspects"] = pd.Series([], dtype=object)
             return result
-        embedder = self.embedder or TextEmbedder(store=context.store)
+        embedder = self.embedder or TextEmbedder(
+            store=context.store, layers=self.heads.encoder_layers
+        )
         detector = self.detector(embedder)
-        doc_embeddings = embedder.batch_embeddings(result)
-        result["aspects"] = record_aspects(result, detector, doc_embeddings, embedder.embed)
+        doc_features = embedder.batch_embeddings(result)
+        result["aspects"] = record_aspects(result, detector, doc_features, embedder.embed)
         return result
 
     def save(self, batch: pd.DataFrame, context: StageContext) -> int:

@@ -12,7 +12,9 @@ The model behind it is a pluggable :class:`SentimentBackend` chosen in ``configs
 Columns added by :meth:`SentimentStage.run`: ``sentiment`` (label), ``sentiment_scores``
 (``{negative, neutral, positive}`` summing to 1), ``sentences`` (``[{text, sentiment,
 sentiment_scores}]``), ``model_version``, and with the e5 backend ``embedding`` (document vector)
-and ``sentence_embeddings`` (one vector per entry of ``sentences``).
+and ``sentence_embeddings`` (one vector per entry of ``sentences``); when the head reads several
+encoder layers, their features too, in the columns ``embedding_columns(layers)`` names (the
+aspects stage reads them instead of encoding again).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines._errors import ModelError
-from pipelines.analysis._embedding_lookup import TextEmbedder, shared_encoder
+from pipelines.analysis._embedding_lookup import TextEmbedder, embedding_columns, shared_encoder
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import schema, stored_sentiment_rows
@@ -168,6 +170,13 @@ class SentimentBackend(ABC):
     def version(self) -> str:
         """Model version, stored with every prediction."""
 
+    @property
+    def feature_layers(self) -> tuple[int, ...] | None:
+        """Encoder layers of the vectors :meth:`predict_documents_and_sentences` returns when
+        they are more than the E5 embedding (which is then their last block); None: the vectors,
+        if any, are E5 embeddings."""
+        return None
+
     @abstractmethod
     def predict_proba(self, texts: Sequence[str], langs: Sequence[str | None]) -> np.ndarray:
         """Probabilities of ``texts``.
@@ -228,8 +237,9 @@ class SentimentBackend(ABC):
             sentence_langs: Their language codes.
 
         Returns:
-            ``(document probabilities, document embeddings or None, sentence probabilities,
-            sentence embeddings or None)``.
+            ``(document probabilities, document vectors or None, sentence probabilities,
+            sentence vectors or None)``; vectors are E5 embeddings, or the features of
+            :attr:`feature_layers` when it is set.
         """
         doc_proba, doc_vectors = self.predict_documents(texts, langs, store)
         if not sentences:
@@ -335,6 +345,12 @@ class E5HeadBackend(SentimentBackend):
         """The stack's version when there is one, else the head's (both pin the encoder)."""
         return self.stack.version if self.stack is not None else self.head.version
 
+    @property
+    def feature_layers(self) -> tuple[int, ...] | None:
+        """The head's encoder layers when it reads more than the last one."""
+        layers = tuple(self.head.metadata.encoder_layers)
+        return layers if len(layers) > 1 else None
+
     def scores(
         self, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
     ) -> np.ndarray:
@@ -399,7 +415,8 @@ class E5HeadBackend(SentimentBackend):
 
         The documents not cached in ``store`` and the distinct sentences are encoded in a
         single length-sorted ``encode`` call (same vectors as two calls, fewer half-empty
-        batches); document features are cached exactly as :meth:`predict_documents` does.
+        batches); document features are cached exactly as :meth:`predict_documents` does. The
+        vectors returned are the head's features (E5 embeddings for a last-layer head).
         """
         layers = self.head.metadata.encoder_layers
         single = len(layers) == 1  # the last layer alone: features are the E5 embeddings
@@ -410,12 +427,12 @@ class E5HeadBackend(SentimentBackend):
         if not single:
             TextEmbedder(self.encoder, store).remember(list(texts), vectors)
         if not sentences:
-            return self.scores(features, texts, langs), vectors, np.zeros((0, 3)), None
+            return self.scores(features, texts, langs), features, np.zeros((0, 3)), None
         return (
             self.scores(features, texts, langs),
-            vectors,
+            features,
             self.scores(sentence_features, sentences, sentence_langs),
-            sentence_features[:, -self.encoder.dim :],
+            sentence_features,
         )
 
 
@@ -623,8 +640,10 @@ class SentimentStage(Stage):
         result["sentences"] = sentences
         result["model_version"] = self.version
         if doc_vectors is not None:
-            result["embedding"] = list(doc_vectors)
-            result["sentence_embeddings"] = sentence_vectors
+            for column, values in _vector_columns(
+                self.backend.feature_layers, doc_vectors, sentence_vectors
+            ).items():
+                result[column] = values
         return result
 
     def _pending_sentences(
@@ -732,6 +751,25 @@ class SentimentStage(Stage):
         result["sentences"] = [(row["sentences"] or []) if row else [] for row in found]
         result["model_version"] = [row["model_version"] if row else None for row in found]
         return result
+
+
+def _vector_columns(
+    layers: tuple[int, ...] | None,
+    doc_vectors: np.ndarray,
+    sentence_vectors: list[np.ndarray | None],
+) -> dict[str, list[Any]]:
+    """The batch's vector columns: E5 embeddings, plus the layer features they came from."""
+    doc_column, sentence_column = embedding_columns()
+    if layers is None:
+        return {doc_column: list(doc_vectors), sentence_column: sentence_vectors}
+    dim = doc_vectors.shape[1] // len(layers)  # the E5 embedding is the last layer's block
+    doc_features, sentence_features = embedding_columns(layers)
+    return {
+        doc_column: list(doc_vectors[:, -dim:]),
+        sentence_column: [None if block is None else block[:, -dim:] for block in sentence_vectors],
+        doc_features: list(doc_vectors),
+        sentence_features: sentence_vectors,
+    }
 
 
 def _sentence_entry(text: str, proba: np.ndarray) -> dict[str, Any]:
