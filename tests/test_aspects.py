@@ -305,8 +305,6 @@ class _CountingEmbedder(TextEmbedder):
 def test_aspects_read_the_sentiment_stage_features_instead_of_encoding(
     embedder: TextEmbedder, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "db.duckdb")
-    context = StageContext(store=store, run_id="test", options={"cache_embeddings": False})
     records = pd.DataFrame(
         {
             "id": ["tr", "fa", "en"],
@@ -318,16 +316,18 @@ def test_aspects_read_the_sentiment_stage_features_instead_of_encoding(
             "lang": ["tr", "fa", "en"],
         }
     )
-    analysed = SentimentStage.from_config().run(records, context)
-    counting = _CountingEmbedder(embedder)
-    stage = AspectStage(embedder=counting)
-    stage.detector(counting)  # the example phrases, encoded once
-    counting.embedded.clear()
-    handed_over = stage.run(analysed, context)
-    assert counting.embedded == []
-    bare = analysed[[name for name in analysed.columns if not is_embedding_column(name)]]
-    encoded = stage.run(bare, context)
-    assert len(counting.embedded) == 3 + 6  # documents, then their sentences
+    with Store(tmp_path / "db.duckdb") as store:
+        context = StageContext(store, "test", options={"cache_embeddings": False})
+        analysed = SentimentStage.from_config().run(records, context)
+        counting = _CountingEmbedder(embedder)
+        stage = AspectStage(embedder=counting)
+        stage.detector(counting)  # the example phrases, encoded once
+        counting.embedded.clear()
+        handed_over = stage.run(analysed, context)
+        assert counting.embedded == []
+        bare = analysed[[name for name in analysed.columns if not is_embedding_column(name)]]
+        encoded = stage.run(bare, context)
+        assert len(counting.embedded) == 3 + 6  # documents, then their sentences
     for given, computed in zip(handed_over["aspects"], encoded["aspects"], strict=True):
         assert [item["aspect"] for item in given] == [item["aspect"] for item in computed]
         np.testing.assert_allclose(
