@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from models import aspects_train
 from models.sentiment import SentimentHead
 from pipelines._errors import ConfigError, ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder, is_embedding_column
@@ -333,3 +334,37 @@ def test_aspects_read_the_sentiment_stage_features_instead_of_encoding(
         np.testing.assert_allclose(
             [item["score"] for item in given], [item["score"] for item in computed], atol=2e-3
         )
+
+
+def test_training_folds_the_early_layer_scale_into_the_saved_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Heads trained at scale s on features x/s saw exactly what heads at scale 1 saw on x, so
+    # with the scale folded into their weights they must score x/s as those score x.
+    config = load_aspect_config()
+    generator = np.random.default_rng(3)
+    width = 384 * len(aspects_train.ENCODER_LAYERS)
+    features = generator.normal(size=(240, width)).astype(np.float32)
+    gold = np.zeros((240, len(config.detectable)), dtype=bool)
+    gold[:80, 0] = True
+    features[:80, :384] += 0.3  # the first aspect shows in an early layer
+    rows = aspects_train.AnnotatedRows([""] * 240, np.full(240, "set"), np.full(240, "train"), gold)
+    examples = [generator.normal(size=(4, width)).astype(np.float32) for _ in config.detectable]
+    scale = np.full(width, 0.5, dtype=np.float32)
+    scale[-384:] = 1.0
+
+    monkeypatch.setattr(aspects_train, "EARLY_LAYER_SCALE", 1.0)
+    plain = aspects_train.train(rows, features, examples, config, "encoder")
+    monkeypatch.setattr(aspects_train, "EARLY_LAYER_SCALE", 0.5)
+    scaled = aspects_train.train(
+        rows, features / scale, [vectors / scale for vectors in examples], config, "encoder"
+    )
+    assert plain.encoder_layers == scaled.encoder_layers == aspects_train.ENCODER_LAYERS
+    for name, weight in plain.weights.items():
+        np.testing.assert_allclose(
+            (features / scale) @ scaled.weights[name] + scaled.biases[name],
+            features @ weight + plain.biases[name],
+            rtol=1e-3,
+            atol=1e-3,
+        )
+    assert plain.thresholds == scaled.thresholds
