@@ -27,7 +27,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.analysis._embedding_lookup import TextEmbedder, embedding_columns
+from pipelines.analysis._embedding_lookup import (
+    E5_DIM,
+    TextEmbedder,
+    e5_embeddings,
+    embedding_columns,
+)
 from pipelines.analysis.aspects import AspectHeads, AspectStage
 from pipelines.analysis.topics import TopicStage
 from pipelines.analysis.trends import TrendStage
@@ -36,12 +41,11 @@ from pipelines.storage import Store, schema
 from tests._synthetic_feedback import THEMES, feedback_rows
 
 _NOISE = 0.02
-_E5_DIM = 384
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
     """Each 384-wide block of ``vector`` (one per encoder layer) scaled to unit norm."""
-    blocks = vector.reshape(-1, _E5_DIM)
+    blocks = vector.reshape(-1, E5_DIM)
     return (blocks / np.linalg.norm(blocks, axis=1, keepdims=True)).reshape(-1)
 
 
@@ -85,10 +89,9 @@ def build_batch(records: int, embedder: TextEmbedder) -> pd.DataFrame:
     frame[doc_column] = embeddings
     frame[sentence_column] = sentence_vectors
     if embedder.layers is not None:
-        frame["embedding"] = [vector[-_E5_DIM:] for vector in embeddings]
+        frame["embedding"] = list(e5_embeddings(np.stack(embeddings)))
         frame["sentence_embeddings"] = [
-            None if pair is None else [vector[-_E5_DIM:] for vector in pair]
-            for pair in sentence_vectors
+            None if pair is None else e5_embeddings(np.stack(pair)) for pair in sentence_vectors
         ]
     frame["text_hash"] = [f"bench{index:08d}" for index in range(len(frame))]
     return frame

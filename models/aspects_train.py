@@ -30,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, precision_recall_fscore_support
 from sklearn.model_selection import KFold
 
+from pipelines.analysis._embedding_lookup import E5_DIM, e5_embeddings
 from pipelines.analysis.aspects import (
     DEFAULT_HEADS_DIR,
     AspectConfig,
@@ -164,14 +165,13 @@ def train(
     """
     names = [aspect.name for aspect in config.detectable]
     train_rows = rows.splits == "train"
-    e5_dim = embeddings.shape[1] // len(ENCODER_LAYERS)
     centred = prototype_similarity(
-        embeddings[train_rows][:, -e5_dim:],
-        [vectors[:, -e5_dim:] for vectors in example_vectors],
+        e5_embeddings(embeddings[train_rows]),
+        [e5_embeddings(vectors) for vectors in example_vectors],
         config.prototype_top_k,
     )
     scale = np.full(embeddings.shape[1], EARLY_LAYER_SCALE, dtype=np.float32)
-    scale[-e5_dim:] = 1.0
+    scale[-E5_DIM:] = 1.0
     embeddings = embeddings * scale
     example_vectors = [vectors * scale for vectors in example_vectors]
     truth = rows.gold[train_rows]
@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     probabilities = detector.probabilities(embeddings)
     final = probabilities >= detector.thresholds
     centred = prototype_similarity(
-        heads.e5_block(embeddings),
-        [heads.e5_block(vectors) for vectors in example_vectors],
+        e5_embeddings(embeddings),
+        [e5_embeddings(vectors) for vectors in example_vectors],
         config.prototype_top_k,
     )
     prototype_only = (

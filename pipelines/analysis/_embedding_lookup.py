@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from pipelines.storage import Store
 
 __all__ = [
+    "E5_DIM",
     "EMBEDDING_COLUMN",
     "SENTENCE_EMBEDDING_COLUMN",
     "TextEmbedder",
     "cached_phrase_vectors",
+    "e5_embeddings",
     "embedding_columns",
     "is_embedding_column",
     "process_encoder",
@@ -50,7 +52,8 @@ __all__ = [
 EMBEDDING_COLUMN = "embedding"
 SENTENCE_EMBEDDING_COLUMN = "sentence_embeddings"
 _LOOKUP_CHUNK = 1000
-_DIM = 384  # multilingual-e5-small
+E5_DIM = 384
+"""Width of the E5 embedding (multilingual-e5-small), and of each layer's block of features."""
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._@-]")
 _log = logging.getLogger(__name__)
 
@@ -127,6 +130,19 @@ def embedding_columns(layers: Sequence[int] | None = None) -> tuple[str, str]:
     return f"{EMBEDDING_COLUMN}{suffix}", f"{SENTENCE_EMBEDDING_COLUMN}{suffix}"
 
 
+def e5_embeddings(vectors: np.ndarray) -> np.ndarray:
+    """The E5 embeddings inside layer features: their last block (features end with the last
+    layer). E5 embeddings come back as they are.
+
+    Args:
+        vectors: ``(N, 384 * layers)`` features or ``(N, 384)`` embeddings.
+
+    Returns:
+        ``(N, 384)`` unit-norm E5 embeddings (a view).
+    """
+    return vectors[:, -E5_DIM:]
+
+
 def is_embedding_column(name: object) -> bool:
     """Whether a batch column holds vectors (kept in memory, never written to outputs).
 
@@ -196,7 +212,7 @@ class TextEmbedder:
     @property
     def dim(self) -> int:
         """Length of the vectors :meth:`embed` returns."""
-        return _DIM * (len(self.layers) if self.layers is not None else 1)
+        return E5_DIM * (len(self.layers) if self.layers is not None else 1)
 
     def _cached(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         if self.store is None or not hashes:

@@ -45,6 +45,7 @@ from pipelines._errors import ModelError
 from pipelines.analysis._embedding_lookup import (
     TextEmbedder,
     cached_phrase_vectors,
+    e5_embeddings,
     embedding_columns,
 )
 from pipelines.config import config_path, load_yaml_model
@@ -248,19 +249,6 @@ class AspectHeads:
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    def e5_block(self, features: np.ndarray) -> np.ndarray:
-        """The E5 embeddings inside features of :attr:`encoder_layers` (their last block).
-
-        Args:
-            features: ``(N, 384 * layers)`` vectors as the heads read them.
-
-        Returns:
-            ``(N, 384)`` unit-norm E5 embeddings (a view).
-        """
-        if self.encoder_layers is None:
-            return features
-        return features[:, -(features.shape[1] // len(self.encoder_layers)) :]
-
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``aspects.safetensors`` (head weights) and ``aspects.json`` (the rest).
 
@@ -393,7 +381,7 @@ class AspectDetector:
         self.heads = heads
         self.names = [aspect.name for aspect in config.detectable]
         example_features = [embed(aspect.example_phrases) for aspect in config.detectable]
-        self._examples = [heads.e5_block(features) for features in example_features]
+        self._examples = [e5_embeddings(features) for features in example_features]
         self.thresholds = np.array(
             [
                 aspect.threshold
@@ -435,7 +423,7 @@ class AspectDetector:
         if features.shape[0] == 0:
             return np.zeros((0, len(self.names)), dtype=np.float32)
         centred = prototype_similarity(
-            self.heads.e5_block(features), self._examples, self.config.prototype_top_k
+            e5_embeddings(features), self._examples, self.config.prototype_top_k
         )
         probabilities = _sigmoid(
             self.heads.prototype_slope * centred + self.heads.prototype_intercept

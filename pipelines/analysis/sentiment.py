@@ -32,7 +32,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines._errors import ModelError
-from pipelines.analysis._embedding_lookup import TextEmbedder, embedding_columns, shared_encoder
+from pipelines.analysis._embedding_lookup import (
+    TextEmbedder,
+    e5_embeddings,
+    embedding_columns,
+    shared_encoder,
+)
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import schema, stored_sentiment_rows
@@ -762,11 +767,12 @@ def _vector_columns(
     doc_column, sentence_column = embedding_columns()
     if layers is None:
         return {doc_column: list(doc_vectors), sentence_column: sentence_vectors}
-    dim = doc_vectors.shape[1] // len(layers)  # the E5 embedding is the last layer's block
     doc_features, sentence_features = embedding_columns(layers)
     return {
-        doc_column: list(doc_vectors[:, -dim:]),
-        sentence_column: [None if block is None else block[:, -dim:] for block in sentence_vectors],
+        doc_column: list(e5_embeddings(doc_vectors)),
+        sentence_column: [
+            None if block is None else e5_embeddings(block) for block in sentence_vectors
+        ],
         doc_features: list(doc_vectors),
         sentence_features: sentence_vectors,
     }
