@@ -11,8 +11,10 @@ Train split -> heads, prototype calibration and thresholds (4-fold out-of-fold F
 aspects with at least ``MIN_HEAD_POSITIVES`` mapped rows; ``EXAMPLE_ONLY_THRESHOLD`` for heads
 learnt from the examples alone); dev split -> the per-aspect figures written into the heads'
 JSON and printed as the Markdown table of ``models/cards/aspects.md``. The heads read the pooled
-vectors of ``ENCODER_LAYERS`` (the prototypes their last block, the E5 embedding). No text is
-written anywhere; features are cached under the encoder cache folder.
+vectors of ``ENCODER_LAYERS`` (the prototypes their last block, the E5 embedding); heads of
+aspects with data also get an n-gram part over the analysis text's hashed n-grams, blended with
+weight ``NGRAM_BLEND`` for the languages with at least ``MIN_HEAD_POSITIVES`` of the aspect's
+train rows. No text is written anywhere; features are cached under the encoder cache folder.
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import fbeta_score, precision_recall_fscore_support
 from sklearn.model_selection import KFold
 
+from models.sentiment import NgramMetadata, analysis_text, hashed_features
 from pipelines.analysis._embedding_lookup import E5_DIM, e5_embeddings
 from pipelines.analysis.aspects import (
     DEFAULT_HEADS_DIR,
     AspectConfig,
+    AspectDetector,
     AspectHeads,
     load_aspect_config,
     prototype_similarity,
@@ -43,7 +48,10 @@ __all__ = [
     "ANNOTATED_SETS",
     "EARLY_LAYER_SCALE",
     "ENCODER_LAYERS",
+    "NGRAM_BLEND",
     "AnnotatedRows",
+    "build_detector",
+    "cached_features",
     "evaluate",
     "load_annotated",
     "main",
@@ -74,6 +82,14 @@ EARLY_LAYER_SCALE = 0.5
 # Weight of one YAML example phrase in head training: the data sets are airline tweets and
 # restaurant/laptop reviews; weighted examples keep the heads general (retail, tr/fa/ro).
 EXAMPLE_WEIGHT = 20.0
+# Weight of the n-gram logit in an aspect's score, (1 - a) * head + a * n-gram (the sentiment
+# stack's hashed char 1-5 + word 1-2 features; C=4). Dev macro F1 / generated complaints found /
+# angry delivery complaints at the YAML delivery threshold (RESULTS.md "Aspect n-gram blend"):
+# 0 (heads alone, delivery 0.30) 0.571 / 0.893 / 25 of 32; 0.2 (delivery 0.22) 0.588 / 0.929 /
+# 25; 0.4 (delivery 0.30) 0.602 / 0.917 / 19: higher weights gain on the English-dominated dev
+# sets and lose the short tr/fa/ro complaints, whose words no data set has.
+NGRAM_BLEND = 0.2
+_NGRAM_C = 4.0
 # Threshold of heads learnt from the YAML examples only (no data set has the aspect): the
 # balanced logistic head's natural midpoint; override per aspect in the YAML.
 EXAMPLE_ONLY_THRESHOLD = 0.5
@@ -87,6 +103,7 @@ class AnnotatedRows:
     datasets: np.ndarray
     splits: np.ndarray
     gold: np.ndarray  # (N, A) bool, columns = config.detectable order
+    langs: np.ndarray
 
 
 def load_annotated(shared_dir: Path, config: AspectConfig) -> AnnotatedRows:
@@ -115,10 +132,26 @@ def load_annotated(shared_dir: Path, config: AspectConfig) -> AnnotatedRows:
                 datasets.append(dataset)
                 splits.append(row["split"])
                 gold.append([name in mapped for name in names])
-    return AnnotatedRows(texts, np.array(datasets), np.array(splits), np.array(gold, dtype=bool))
+    lang_of = {dataset: lang for lang, dataset, _ in ANNOTATED_SETS}
+    return AnnotatedRows(
+        texts,
+        np.array(datasets),
+        np.array(splits),
+        np.array(gold, dtype=bool),
+        np.array([lang_of[dataset] for dataset in datasets]),
+    )
 
 
-def _embed_cached(texts: list[str], kind_note: str) -> tuple[np.ndarray, str]:
+def cached_features(texts: list[str], kind_note: str) -> tuple[np.ndarray, str]:
+    """Features of ``ENCODER_LAYERS`` for ``texts``, cached on disk by encoder and text digest.
+
+    Args:
+        texts: Texts to encode (``passage:`` prefix).
+        kind_note: Cache file prefix.
+
+    Returns:
+        ``(features, encoder version)``.
+    """
     from models.encoder import default_cache_root
     from pipelines.analysis._embedding_lookup import shared_encoder
 
@@ -144,12 +177,42 @@ def _best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(_THRESHOLD_GRID[int(np.argmax(f1))])
 
 
+def _fit(
+    features: np.ndarray | sparse.csr_matrix,
+    examples: np.ndarray | sparse.csr_matrix,
+    labels: np.ndarray,
+    example_labels: np.ndarray,
+    ngram: bool,
+) -> LogisticRegression:
+    """One aspect's head (e5 features) or n-gram part (hashed n-grams) on rows + YAML examples."""
+    stack = sparse.vstack if ngram else np.vstack
+    model = LogisticRegression(
+        C=_NGRAM_C if ngram else _HEAD_C,
+        max_iter=3000,
+        class_weight="balanced",
+        solver="liblinear" if ngram else "lbfgs",
+    )
+    return model.fit(
+        stack([features, examples]),
+        np.concatenate([labels, example_labels]),
+        sample_weight=np.concatenate(
+            [np.ones(features.shape[0]), np.full(examples.shape[0], EXAMPLE_WEIGHT)]
+        ),
+    )
+
+
+def _logit(probabilities: np.ndarray) -> np.ndarray:
+    clipped = np.clip(probabilities, 1e-7, 1.0 - 1e-7)
+    return np.log(clipped / (1.0 - clipped))
+
+
 def train(
     rows: AnnotatedRows,
     embeddings: np.ndarray,
     example_vectors: list[np.ndarray],
     config: AspectConfig,
     encoder_version: str,
+    ngram_blend: float = NGRAM_BLEND,
 ) -> AspectHeads:
     """Fit the prototype calibration, the heads and their thresholds on the train split.
 
@@ -159,6 +222,7 @@ def train(
         example_vectors: Per detectable aspect, its example phrases' features.
         config: The taxonomy.
         encoder_version: Encoder behind the features.
+        ngram_blend: Weight of the n-gram parts' logits (0: heads without them).
 
     Returns:
         The heads (not yet evaluated or saved).
@@ -172,8 +236,8 @@ def train(
     )
     scale = np.full(embeddings.shape[1], EARLY_LAYER_SCALE, dtype=np.float32)
     scale[-E5_DIM:] = 1.0
-    embeddings = embeddings * scale
-    example_vectors = [vectors * scale for vectors in example_vectors]
+    train_features = embeddings[train_rows] * scale
+    examples = np.vstack(example_vectors) * scale
     truth = rows.gold[train_rows]
     calibration = LogisticRegression(max_iter=1000, class_weight="balanced").fit(
         centred.reshape(-1, 1), truth.reshape(-1)
@@ -193,59 +257,85 @@ def train(
         for t in _THRESHOLD_GRID
     ]
     prototype_threshold = float(_THRESHOLD_GRID[int(np.argmax(macro_f_half))])
-    weights: dict[str, np.ndarray] = {}
-    biases: dict[str, float] = {}
-    thresholds: dict[str, float] = {}
-    # The YAML examples (every language) join the training rows as weighted labelled phrases.
-    features = np.vstack([embeddings[train_rows], *example_vectors])
-    row_weights = np.concatenate(
-        [
-            np.ones(int(train_rows.sum())),
-            np.full(len(features) - int(train_rows.sum()), EXAMPLE_WEIGHT),
-        ]
-    )
-    folds = list(KFold(4, shuffle=True, random_state=13).split(embeddings[train_rows]))
-    for column, name in enumerate(names):
-        positives = truth[:, column]
-        example_labels = np.concatenate(
-            [np.full(len(v), i == column) for i, v in enumerate(example_vectors)]
+    ngram = NgramMetadata(version="aspects") if ngram_blend > 0 else None
+    if ngram is not None:
+        train_ngrams = hashed_features(
+            [
+                analysis_text(text)
+                for text, kept in zip(rows.texts, train_rows, strict=True)
+                if kept
+            ],
+            ngram,
         )
-        labels = np.concatenate([positives, example_labels])
-        head = LogisticRegression(C=_HEAD_C, max_iter=3000, class_weight="balanced")
-        if positives.sum() >= MIN_HEAD_POSITIVES:
-            # Out-of-fold scores of heads trained like the final one (examples included), so
-            # the threshold fits the final head's scale.
-            out_of_fold = np.zeros(len(positives))
-            examples = np.vstack(example_vectors)
-            for fitted_rows, held_rows in folds:
-                fold_head = LogisticRegression(C=_HEAD_C, max_iter=3000, class_weight="balanced")
-                fold_head.fit(
-                    np.vstack([embeddings[train_rows][fitted_rows], examples]),
-                    np.concatenate([positives[fitted_rows], example_labels]),
-                    sample_weight=np.concatenate(
-                        [np.ones(len(fitted_rows)), np.full(len(examples), EXAMPLE_WEIGHT)]
-                    ),
-                )
-                out_of_fold[held_rows] = fold_head.predict_proba(embeddings[train_rows][held_rows])[
-                    :, 1
-                ]
-            thresholds[name] = _best_threshold(positives, out_of_fold)
-        else:
-            thresholds[name] = EXAMPLE_ONLY_THRESHOLD
-        head.fit(features, labels, sample_weight=row_weights)
-        weights[name] = (head.coef_[0] * scale).astype(np.float32)
-        biases[name] = float(head.intercept_[0])
-    return AspectHeads(
-        version=f"{datetime.now(UTC):%Y%m%d}-{hashlib.sha256(rows.gold.tobytes()).hexdigest()[:6]}",
+        phrases = [phrase for aspect in config.detectable for phrase in aspect.example_phrases]
+        if len(phrases) != len(examples):
+            raise ValueError(f"{len(examples)} example vectors for {len(phrases)} YAML phrases")
+        example_ngrams = hashed_features([analysis_text(phrase) for phrase in phrases], ngram)
+    heads = AspectHeads(
+        version="",
         encoder_version=encoder_version,
         encoder_layers=ENCODER_LAYERS,
         prototype_slope=slope,
         prototype_intercept=intercept,
         prototype_threshold=prototype_threshold,
-        weights=weights,
-        biases=biases,
-        thresholds=thresholds,
+        ngram=ngram,
+        ngram_blend=ngram_blend if ngram is not None else 0.0,
     )
+    train_langs = rows.langs[train_rows]
+    folds = list(KFold(4, shuffle=True, random_state=13).split(train_features))
+    example_aspect = np.concatenate([np.full(len(v), i) for i, v in enumerate(example_vectors)])
+    for column, name in enumerate(names):
+        positives = truth[:, column]
+        example_labels = example_aspect == column
+        head = _fit(train_features, examples, positives, example_labels, ngram=False)
+        heads.weights[name] = (head.coef_[0] * scale).astype(np.float32)
+        heads.biases[name] = float(head.intercept_[0])
+        if positives.sum() < MIN_HEAD_POSITIVES:
+            heads.thresholds[name] = EXAMPLE_ONLY_THRESHOLD
+            continue
+        # The n-gram part scores only languages whose words it learnt from data (the examples
+        # alone would teach it a few phrases): elsewhere it would pull every score down.
+        languages = sorted(
+            str(lang)
+            for lang in np.unique(train_langs)
+            if positives[train_langs == lang].sum() >= MIN_HEAD_POSITIVES
+        )
+        blended = np.isin(train_langs, languages)
+        # Out-of-fold scores of heads (and n-gram parts) trained like the final ones, examples
+        # included, so the threshold fits the final score's scale.
+        out_of_fold = np.zeros(len(positives))
+        for fitted, held in folds:
+            fold_head = _fit(
+                train_features[fitted], examples, positives[fitted], example_labels, ngram=False
+            )
+            logits = _logit(fold_head.predict_proba(train_features[held])[:, 1])
+            if ngram is not None and languages:
+                fold_ngram = _fit(
+                    train_ngrams[fitted], example_ngrams, positives[fitted], example_labels, True
+                )
+                ngram_logits = _logit(fold_ngram.predict_proba(train_ngrams[held])[:, 1])
+                logits = np.where(
+                    blended[held], (1.0 - ngram_blend) * logits + ngram_blend * ngram_logits, logits
+                )
+            out_of_fold[held] = 1.0 / (1.0 + np.exp(-logits))
+        heads.thresholds[name] = _best_threshold(positives, out_of_fold)
+        if ngram is not None and languages:
+            heads.ngram_languages[name] = tuple(languages)
+            part = _fit(train_ngrams, example_ngrams, positives, example_labels, ngram=True)
+            # Stored in float16: round now, so that the dev figures are the shipped model's.
+            heads.ngram_weights[name] = part.coef_[0].astype(np.float16).astype(np.float32)
+            heads.ngram_biases[name] = float(part.intercept_[0])
+    # Training date + a digest of the labels and every weight: another recipe, another version.
+    digest = hashlib.sha256(rows.gold.tobytes())
+    digest.update(json.dumps(heads.ngram_languages, sort_keys=True).encode())
+    for part in (heads.weights, heads.ngram_weights):
+        for name in sorted(part):
+            digest.update(name.encode())
+            digest.update(part[name].tobytes())
+    heads.version = f"{datetime.now(UTC):%Y%m%d}-{digest.hexdigest()[:6]}"
+    if ngram is not None:
+        ngram.version = heads.version
+    return heads
 
 
 def evaluate(
@@ -301,6 +391,28 @@ def _markdown(report: dict[str, dict[str, dict[str, float]]], title: str) -> str
     return "\n".join(lines)
 
 
+def build_detector(
+    config: AspectConfig, heads: AspectHeads, example_vectors: list[np.ndarray]
+) -> AspectDetector:
+    """The detector of ``heads`` over already-encoded example phrases.
+
+    Args:
+        config: The taxonomy.
+        heads: Trained heads.
+        example_vectors: Per detectable aspect, its example phrases' features.
+
+    Returns:
+        The detector.
+    """
+    vectors_of = {
+        tuple(aspect.example_phrases): vectors
+        for aspect, vectors in zip(config.detectable, example_vectors, strict=True)
+    }
+    return AspectDetector(
+        config, heads, lambda texts: vectors_of[tuple(texts)], heads.encoder_version
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see the module docstring).
 
@@ -318,20 +430,15 @@ def main(argv: list[str] | None = None) -> None:
     config = load_aspect_config(arguments.config_dir)
     names = [aspect.name for aspect in config.detectable]
     rows = load_annotated(arguments.shared, config)
-    embeddings, encoder_version = _embed_cached(rows.texts, "aspects-annotated")
+    embeddings, encoder_version = cached_features(rows.texts, "aspects-annotated")
     example_vectors = [
-        _embed_cached(a.example_phrases, "aspects-examples")[0] for a in config.detectable
+        cached_features(a.example_phrases, "aspects-examples")[0] for a in config.detectable
     ]
     heads = train(rows, embeddings, example_vectors, config, encoder_version)
-    from pipelines.analysis.aspects import AspectDetector
-
-    vectors_of = {
-        tuple(a.example_phrases): v for a, v in zip(config.detectable, example_vectors, strict=True)
-    }
-    detector = AspectDetector(
-        config, heads, lambda texts: vectors_of[tuple(texts)], encoder_version
+    detector = build_detector(config, heads, example_vectors)
+    probabilities = detector.probabilities(
+        embeddings, [analysis_text(t) for t in rows.texts], list(rows.langs)
     )
-    probabilities = detector.probabilities(embeddings)
     final = probabilities >= detector.thresholds
     centred = prototype_similarity(
         e5_embeddings(embeddings),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from pipelines._errors import ConfigError, ModelError
 from pipelines.analysis._embedding_lookup import TextEmbedder, is_embedding_column
 from pipelines.analysis.aspects import (
     DEFAULT_HEADS_DIR,
+    AspectDetector,
     AspectHeads,
     AspectStage,
     load_aspect_config,
@@ -123,7 +126,7 @@ ANGRY_DELIVERY_COMPLAINTS = {
 
 
 def test_angry_delivery_complaints_keep_their_aspect(embedder: TextEmbedder) -> None:
-    # 25 of 32 with heads 20261201-76383c at threshold 0.30 (21 with the last-layer heads at 0.35).
+    # 26 of 32 with heads 20261201-84da6a at threshold 0.22 (25 with 20261201-76383c at 0.30).
     stage = AspectStage(embedder=embedder)
     rows = [
         {"id": f"{lang}-{index}", "text": text, "lang": lang, "sentiment": "negative"}
@@ -291,6 +294,78 @@ def test_an_embedder_of_other_layers_is_refused() -> None:
         AspectStage(embedder=TextEmbedder())
 
 
+def _unit_rows(generator: np.random.Generator, count: int, width: int) -> np.ndarray:
+    rows = generator.normal(size=(count, width)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_heads_blend_their_ngram_part_in_its_languages_and_keep_it_through_save_and_load(
+    tmp_path: Path,
+) -> None:
+    from models.sentiment import hashed_features
+
+    config = load_aspect_config()
+    shipped = AspectHeads.load()
+    assert shipped.ngram is not None and 0 < shipped.ngram_blend < 1
+    # Aspects with data have an n-gram part for the languages of their data; the example-only
+    # heads (no data set has them) and Romanian (no data set at all) have none.
+    assert set(shipped.ngram_languages) == set(shipped.ngram_weights)
+    assert {"price_value", "product_quality", "customer_service"} <= set(shipped.ngram_weights)
+    assert not {"returns_refunds", "loyalty_rewards"} & set(shipped.ngram_weights)
+    assert shipped.ngram_languages["product_quality"] == ("en", "fa", "tr")
+    assert all("ro" not in langs for langs in shipped.ngram_languages.values())
+    generator = np.random.default_rng(5)
+    width = next(iter(shipped.weights.values())).shape[0]
+    examples = {
+        tuple(a.example_phrases): _unit_rows(generator, len(a.example_phrases), width)
+        for a in config.detectable
+    }
+
+    def detector(heads: AspectHeads) -> AspectDetector:
+        return AspectDetector(
+            config, heads, lambda texts: examples[tuple(texts)], heads.encoder_version
+        )
+
+    texts = ["The flight attendant was rude to us", "Siparişim hâlâ gelmedi", "Coletul e stricat"]
+    langs = ["en", "tr", "ro"]
+    features = _unit_rows(generator, len(texts), width)
+    blended = detector(shipped).probabilities(features, texts, langs)
+    alone = detector(replace(shipped, ngram=None, ngram_weights={}, ngram_biases={}))
+    e5_only = alone.probabilities(features, texts, langs)
+    names = alone.names
+    ngrams = hashed_features(texts, shipped.ngram)
+    a = shipped.ngram_blend
+    for name, weight in shipped.ngram_weights.items():
+        column = names.index(name)
+        head_logit = np.log(e5_only[:, column] / (1 - e5_only[:, column]))
+        ngram_logit = ngrams @ weight + shipped.ngram_biases[name]
+        mixed = 1 / (1 + np.exp(-((1 - a) * head_logit + a * ngram_logit)))
+        scored = np.isin(langs, shipped.ngram_languages[name])
+        expected = np.where(scored, mixed, e5_only[:, column])
+        np.testing.assert_allclose(blended[:, column], expected, rtol=1e-4, atol=1e-5)
+        assert not np.allclose(blended[scored, column], e5_only[scored, column])
+    others = [names.index(name) for name in names if name not in shipped.ngram_weights]
+    np.testing.assert_array_equal(blended[:, others], e5_only[:, others])
+    with pytest.raises(ValueError, match="3 feature rows for 2 texts and 3 languages"):
+        detector(shipped).probabilities(features, texts[:2], langs)
+
+    shipped.save(tmp_path)
+    loaded = AspectHeads.load(tmp_path)
+    assert (loaded.ngram, loaded.ngram_blend, loaded.ngram_languages) == (
+        shipped.ngram,
+        shipped.ngram_blend,
+        shipped.ngram_languages,
+    )
+    np.testing.assert_array_equal(detector(loaded).probabilities(features, texts, langs), blended)
+
+    # Weights of another feature width than the JSON's settings are refused with the fix.
+    settings = json.loads((tmp_path / "aspects.json").read_text(encoding="utf-8"))
+    settings["ngram"]["word_features"] //= 2
+    (tmp_path / "aspects.json").write_text(json.dumps(settings), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"n-gram weight is not .*aspects_train"):
+        AspectHeads.load(tmp_path)
+
+
 class _CountingEmbedder(TextEmbedder):
     """The real embedder, noting the texts it is asked to embed."""
 
@@ -348,16 +423,23 @@ def test_training_folds_the_early_layer_scale_into_the_saved_weights(
     gold = np.zeros((240, len(config.detectable)), dtype=bool)
     gold[:80, 0] = True
     features[:80, :384] += 0.3  # the first aspect shows in an early layer
-    rows = aspects_train.AnnotatedRows([""] * 240, np.full(240, "set"), np.full(240, "train"), gold)
+    rows = aspects_train.AnnotatedRows(
+        [""] * 240, np.full(240, "set"), np.full(240, "train"), gold, np.full(240, "en")
+    )
     examples = [generator.normal(size=(4, width)).astype(np.float32) for _ in config.detectable]
     scale = np.full(width, 0.5, dtype=np.float32)
     scale[-384:] = 1.0
 
     monkeypatch.setattr(aspects_train, "EARLY_LAYER_SCALE", 1.0)
-    plain = aspects_train.train(rows, features, examples, config, "encoder")
+    plain = aspects_train.train(rows, features, examples, config, "encoder", ngram_blend=0.0)
     monkeypatch.setattr(aspects_train, "EARLY_LAYER_SCALE", 0.5)
     scaled = aspects_train.train(
-        rows, features / scale, [vectors / scale for vectors in examples], config, "encoder"
+        rows,
+        features / scale,
+        [vectors / scale for vectors in examples],
+        config,
+        "encoder",
+        ngram_blend=0.0,
     )
     assert plain.encoder_layers == scaled.encoder_layers == aspects_train.ENCODER_LAYERS
     for name, weight in plain.weights.items():

@@ -75,10 +75,12 @@ def test_cached_example_phrases_are_not_encoded_again(
     again = CountingEmbedder()
     cached = AspectStage(embedder=again, phrase_cache=folder).detector(again)
     assert again.embedded == []
-    probe = TextEmbedder(layers=AspectHeads.load().encoder_layers).embed(
-        ["The parcel arrived two weeks late", "Personel çok kabaydı"]
+    texts = ["The parcel arrived two weeks late", "Personel çok kabaydı"]
+    probe = TextEmbedder(layers=AspectHeads.load().encoder_layers).embed(texts)
+    langs = ["en", "tr"]
+    assert np.array_equal(
+        detector.probabilities(probe, texts, langs), cached.probabilities(probe, texts, langs)
     )
-    assert np.array_equal(detector.probabilities(probe), cached.probabilities(probe))
 
 
 def test_changed_examples_encode_only_their_aspect(

@@ -24,7 +24,7 @@ from models.sentiment._datasets import (
 )
 from models.sentiment._features import FeatureCache
 from models.sentiment._head import HeadMetadata, SentimentHead, binary_proba, softmax
-from models.sentiment._ngram import NgramMetadata, NgramModel
+from models.sentiment._ngram import NgramMetadata, NgramModel, hashed_features
 from models.sentiment._stacking import LanguageBlend, StackedSentiment, StackMetadata
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "analysis_text",
     "binary_proba",
     "discover_datasets",
+    "hashed_features",
     "read_split",
     "shared_datasets_dir",
     "softmax",

@@ -14,7 +14,9 @@ Scoring, for a sentence embedding ``e`` and an aspect ``a`` of ``configs/aspects
   none until the next training. The heads read the pooled vectors of several encoder layers
   (``AspectHeads.encoder_layers``, the sentiment head's: that stage hands them over in the
   batch, so aspects cost no second encoder pass); the prototypes read the last layer's block,
-  the E5 embedding.
+  the E5 embedding. Heads trained on data also have an n-gram part: a logistic regression over
+  the text's hashed character and word n-grams (the sentiment stack's features), whose logit
+  is blended into the head's (``AspectHeads.ngram_blend``).
 
 An aspect is reported when its probability reaches its threshold (tuned out-of-fold on the
 training split where the data has the aspect, 0.5 for example-only heads, the calibrated
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +55,9 @@ from pipelines.stages import Stage, StageContext, stored_version_rows
 from pipelines.storage import record_aspects as stored_aspects
 from pipelines.storage import schema
 from pipelines.text import split_sentences
+
+if TYPE_CHECKING:
+    from models.sentiment import NgramMetadata
 
 __all__ = [
     "ASPECTS_CONFIG",
@@ -73,6 +78,7 @@ OTHER_ASPECT = "other"
 LANGUAGES = ("tr", "fa", "ro", "en")
 DEFAULT_HEADS_DIR = Path(__file__).resolve().parents[2] / "models" / "heads"
 HEADS_STEM = "aspects"
+_NGRAM_KEY = ".ngram"
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 _POLARITY_ALIASES = {
     "neg": "negative",
@@ -236,6 +242,13 @@ class AspectHeads:
         biases: Aspect -> head bias.
         thresholds: Aspect -> tuned probability threshold of its head.
         metrics: Evaluation figures written by training (documentation only).
+        ngram: Hashed n-gram feature settings of the n-gram parts (None: heads without them).
+        ngram_weights: Aspect -> n-gram logistic weights (``ngram``'s feature width).
+        ngram_biases: Aspect -> n-gram bias.
+        ngram_blend: Weight ``a`` of the n-gram logit: an aspect's logit is
+            ``(1 - a) * head + a * n-gram`` where it has both.
+        ngram_languages: Aspect -> languages its n-gram part scores (those it learnt from
+            data); texts of other languages get the head alone.
     """
 
     version: str
@@ -248,9 +261,14 @@ class AspectHeads:
     biases: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    ngram: NgramMetadata | None = None
+    ngram_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    ngram_biases: dict[str, float] = field(default_factory=dict)
+    ngram_blend: float = 0.0
+    ngram_languages: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``aspects.safetensors`` (head weights) and ``aspects.json`` (the rest).
+        """Write ``aspects.safetensors`` (weights; n-gram parts in float16) and ``aspects.json``.
 
         Args:
             directory: Target folder (created if needed).
@@ -263,6 +281,11 @@ class AspectHeads:
         } | {
             f"{name}.bias": np.array([bias], dtype=np.float32) for name, bias in self.biases.items()
         }
+        for name, weight in self.ngram_weights.items():
+            tensors[f"{name}{_NGRAM_KEY}.weight"] = np.ascontiguousarray(weight, dtype=np.float16)
+            tensors[f"{name}{_NGRAM_KEY}.bias"] = np.array(
+                [self.ngram_biases[name]], dtype=np.float32
+            )
         save_file(tensors, str(folder / f"{HEADS_STEM}.safetensors"))
         meta = {
             "version": self.version,
@@ -275,6 +298,10 @@ class AspectHeads:
             },
             "thresholds": self.thresholds,
             "metrics": self.metrics,
+            "ngram": None
+            if self.ngram is None
+            else {"blend": self.ngram_blend, "languages": self.ngram_languages}
+            | _ngram_settings(self.ngram),
         }
         (folder / f"{HEADS_STEM}.json").write_text(
             json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
@@ -303,11 +330,39 @@ class AspectHeads:
             tensors = load_file(str(tensor_file))
             prototype = meta["prototype"]
             names = sorted(
-                key.removesuffix(".weight") for key in tensors if key.endswith(".weight")
+                key.removesuffix(".weight")
+                for key in tensors
+                if key.endswith(".weight") and not key.endswith(f"{_NGRAM_KEY}.weight")
             )
             layers = meta["encoder_layers"]
             if layers is not None and (not layers or layers[-1] != LAST_LAYER):
                 raise ValueError(f"encoder_layers {layers} must end with {LAST_LAYER}")
+            ngram_meta = meta.get("ngram")
+            ngram = None if ngram_meta is None else _ngram_metadata(ngram_meta, meta["version"])
+            ngram_names = sorted(
+                key.removesuffix(f"{_NGRAM_KEY}.weight")
+                for key in tensors
+                if key.endswith(f"{_NGRAM_KEY}.weight")
+            )
+            ngram_weights = {
+                name: tensors[f"{name}{_NGRAM_KEY}.weight"].astype(np.float32)
+                for name in ngram_names
+            }
+            if ngram_weights and ngram is None:
+                raise ValueError("n-gram weights without the n-gram settings in the JSON")
+            ngram_languages = {
+                str(name): tuple(str(lang) for lang in langs)
+                for name, langs in ({} if ngram_meta is None else ngram_meta["languages"]).items()
+            }
+            if set(ngram_languages) != set(ngram_weights):
+                raise ValueError("the n-gram parts and their languages name other aspects")
+            if ngram is not None:
+                if not 0.0 <= float(ngram_meta["blend"]) <= 1.0:
+                    raise ValueError(f"n-gram blend {ngram_meta['blend']} is not within [0, 1]")
+                width = ngram.char_features + ngram.word_features
+                for name, weight in ngram_weights.items():
+                    if weight.shape != (width,):
+                        raise ValueError(f"{name}'s n-gram weight is not {width} wide")
             return cls(
                 version=str(meta["version"]),
                 encoder_version=str(meta["encoder_version"]),
@@ -319,12 +374,40 @@ class AspectHeads:
                 biases={name: float(tensors[f"{name}.bias"][0]) for name in names},
                 thresholds={str(k): float(v) for k, v in meta.get("thresholds", {}).items()},
                 metrics=meta.get("metrics", {}),
+                ngram=ngram,
+                ngram_weights=ngram_weights,
+                ngram_biases={
+                    name: float(tensors[f"{name}{_NGRAM_KEY}.bias"][0]) for name in ngram_names
+                },
+                ngram_blend=0.0 if ngram_meta is None else float(ngram_meta["blend"]),
+                ngram_languages=ngram_languages,
             )
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise ModelError(
                 f"aspect heads in {folder} are missing or unreadable ({exc}). Train them with "
                 "`python -m models.aspects_train` (needs ../shared/datasets)."
             ) from exc
+
+
+def _ngram_settings(metadata: NgramMetadata) -> dict[str, Any]:
+    return {
+        "char_ngrams": list(metadata.char_ngrams),
+        "char_features": metadata.char_features,
+        "word_ngrams": list(metadata.word_ngrams),
+        "word_features": metadata.word_features,
+    }
+
+
+def _ngram_metadata(settings: dict[str, Any], version: str) -> NgramMetadata:
+    from models.sentiment import NgramMetadata
+
+    return NgramMetadata(
+        version=version,
+        char_ngrams=[int(n) for n in settings["char_ngrams"]],
+        char_features=int(settings["char_features"]),
+        word_ngrams=[int(n) for n in settings["word_ngrams"]],
+        word_features=int(settings["word_features"]),
+    )
 
 
 def prototype_similarity(
@@ -398,6 +481,19 @@ class AspectDetector:
             else np.zeros((0, 0), dtype=np.float32)
         )
         self._head_bias = np.array([heads.biases[self.names[i]] for i in self._headed])
+        # Positions within the head columns that blend in an n-gram part.
+        self._ngram_columns = [
+            position
+            for position, index in enumerate(self._headed)
+            if self.names[index] in heads.ngram_weights
+        ]
+        ngram_names = [self.names[self._headed[position]] for position in self._ngram_columns]
+        self._ngram_matrix = (
+            np.stack([heads.ngram_weights[name] for name in ngram_names], axis=1)
+            if ngram_names
+            else None
+        )
+        self._ngram_bias = np.array([heads.ngram_biases[name] for name in ngram_names])
         read = self._head_matrix.shape[0]
         if self._headed and (given := example_features[0].shape[1]) != read:
             raise ModelError(
@@ -411,15 +507,24 @@ class AspectDetector:
         """Model version stored with every result: heads version + taxonomy fingerprint."""
         return f"aspects-{self.heads.version}-{self.config.fingerprint()}"
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Probability of each aspect for each row of features.
+    def probabilities(
+        self, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
+    ) -> np.ndarray:
+        """Probability of each aspect for each text.
 
         Args:
             features: (N, dim) features of ``heads.encoder_layers``.
+            texts: The N analysis texts behind them (for the heads' n-gram parts).
+            langs: Their language codes (an n-gram part scores only its languages).
 
         Returns:
             (N, len(names)) probabilities, columns in ``names`` order.
         """
+        if not len(texts) == len(langs) == features.shape[0]:
+            raise ValueError(
+                f"{features.shape[0]} feature rows for {len(texts)} texts and {len(langs)} "
+                "languages"
+            )
         if features.shape[0] == 0:
             return np.zeros((0, len(self.names)), dtype=np.float32)
         centred = prototype_similarity(
@@ -429,21 +534,50 @@ class AspectDetector:
             self.heads.prototype_slope * centred + self.heads.prototype_intercept
         )
         if self._headed:
-            probabilities[:, self._headed] = _sigmoid(
-                features @ self._head_matrix + self._head_bias
-            )
+            logits = features @ self._head_matrix + self._head_bias
+            if self._ngram_matrix is not None and self.heads.ngram is not None:
+                from models.sentiment import hashed_features
+
+                blend = self.heads.ngram_blend
+                ngram_logits = (
+                    hashed_features(list(texts), self.heads.ngram) @ self._ngram_matrix
+                    + self._ngram_bias
+                )
+                row_langs = np.array([str(lang) for lang in langs])
+                for position, column in enumerate(self._ngram_columns):
+                    name = self.names[self._headed[column]]
+                    scored = np.isin(row_langs, self.heads.ngram_languages[name])
+                    logits[scored, column] = (1.0 - blend) * logits[
+                        scored, column
+                    ] + blend * ngram_logits[scored, position]
+            probabilities[:, self._headed] = _sigmoid(logits)
         return probabilities.astype(np.float32)
 
-    def detect(self, features: np.ndarray) -> list[list[tuple[str, float]]]:
+    def detect(
+        self, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
+    ) -> list[list[tuple[str, float]]]:
         """Aspects above threshold per row, best first, at most ``max_aspects_per_sentence``.
 
         Args:
             features: (N, dim) features of ``heads.encoder_layers``.
+            texts: The N analysis texts behind them.
+            langs: Their language codes.
 
         Returns:
             Per row, ``(aspect, probability)`` pairs (empty when nothing passes).
         """
-        probabilities = self.probabilities(features)
+        return self.found(self.probabilities(features, texts, langs))
+
+    def found(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Aspects above threshold per row of :meth:`probabilities`, best first, at most
+        ``max_aspects_per_sentence``.
+
+        Args:
+            probabilities: (N, len(names)) output of :meth:`probabilities`.
+
+        Returns:
+            Per row, ``(aspect, probability)`` pairs (empty when nothing passes).
+        """
         limit = self.config.max_aspects_per_sentence
         found: list[list[tuple[str, float]]] = []
         for row in probabilities:
@@ -528,8 +662,17 @@ def record_aspects(
             blocks[index] = embedded[offset : offset + len(texts)]
             offset += len(texts)
     stacked = np.concatenate([doc_features, *[b for b in blocks if b is not None]], axis=0)
-    probabilities = detector.probabilities(stacked)
-    detected = detector.detect(stacked)
+    stacked_texts = [text if isinstance(text, str) else "" for text in batch["text"]]
+    record_langs = [
+        lang if isinstance(lang, str) else None
+        for lang in (batch["lang"] if "lang" in batch.columns else [None] * len(batch))
+    ]
+    stacked_langs = list(record_langs)
+    for index, (texts, _) in enumerate(sentences):
+        stacked_texts.extend(texts[: len(blocks[index])])  # type: ignore[arg-type]
+        stacked_langs.extend([record_langs[index]] * len(blocks[index]))  # type: ignore[arg-type]
+    probabilities = detector.probabilities(stacked, stacked_texts, stacked_langs)
+    detected = detector.found(probabilities)
     results: list[list[dict[str, Any]]] = []
     position = len(batch)
     for index, (texts, polarities) in enumerate(sentences):
