@@ -311,7 +311,11 @@ def train(
             logits = _logit(fold_head.predict_proba(train_features[held])[:, 1])
             if ngram is not None and languages:
                 fold_ngram = _fit(
-                    train_ngrams[fitted], example_ngrams, positives[fitted], example_labels, True
+                    train_ngrams[fitted],
+                    example_ngrams,
+                    positives[fitted],
+                    example_labels,
+                    ngram=True,
                 )
                 ngram_logits = _logit(fold_ngram.predict_proba(train_ngrams[held])[:, 1])
                 logits = np.where(
@@ -328,10 +332,10 @@ def train(
     # Training date + a digest of the labels and every weight: another recipe, another version.
     digest = hashlib.sha256(rows.gold.tobytes())
     digest.update(json.dumps(heads.ngram_languages, sort_keys=True).encode())
-    for part in (heads.weights, heads.ngram_weights):
-        for name in sorted(part):
+    for weights in (heads.weights, heads.ngram_weights):
+        for name in sorted(weights):
             digest.update(name.encode())
-            digest.update(part[name].tobytes())
+            digest.update(weights[name].tobytes())
     heads.version = f"{datetime.now(UTC):%Y%m%d}-{digest.hexdigest()[:6]}"
     if ngram is not None:
         ngram.version = heads.version

@@ -349,7 +349,14 @@ def test_heads_blend_their_ngram_part_in_its_languages_and_keep_it_through_save_
     with pytest.raises(ValueError, match="3 feature rows for 2 texts and 3 languages"):
         detector(shipped).probabilities(features, texts[:2], langs)
 
+    stale = tmp_path / "aspects-ngram-retired_aspect.safetensors"
+    stale.write_bytes(b"left by an earlier training")
     shipped.save(tmp_path)
+    assert not stale.exists()
+    # Every committed file stays small: one file per n-gram part.
+    assert sorted(path.name for path in tmp_path.glob("aspects-ngram-*")) == sorted(
+        f"aspects-ngram-{name}.safetensors" for name in shipped.ngram_weights
+    )
     loaded = AspectHeads.load(tmp_path)
     assert (loaded.ngram, loaded.ngram_blend, loaded.ngram_languages) == (
         shipped.ngram,
@@ -358,11 +365,16 @@ def test_heads_blend_their_ngram_part_in_its_languages_and_keep_it_through_save_
     )
     np.testing.assert_array_equal(detector(loaded).probabilities(features, texts, langs), blended)
 
-    # Weights of another feature width than the JSON's settings are refused with the fix.
+    # Weights of another feature width than the JSON's settings, or a missing part, are refused
+    # with the fix.
     settings = json.loads((tmp_path / "aspects.json").read_text(encoding="utf-8"))
     settings["ngram"]["word_features"] //= 2
     (tmp_path / "aspects.json").write_text(json.dumps(settings), encoding="utf-8")
     with pytest.raises(ModelError, match=r"n-gram weight is not .*aspects_train"):
+        AspectHeads.load(tmp_path)
+    shipped.save(tmp_path)
+    (tmp_path / "aspects-ngram-price_value.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"aspects-ngram-price_value.*aspects_train"):
         AspectHeads.load(tmp_path)
 
 

@@ -78,7 +78,8 @@ OTHER_ASPECT = "other"
 LANGUAGES = ("tr", "fa", "ro", "en")
 DEFAULT_HEADS_DIR = Path(__file__).resolve().parents[2] / "models" / "heads"
 HEADS_STEM = "aspects"
-_NGRAM_KEY = ".ngram"
+# One file per aspect's n-gram part (float16, ~0.4 MB each): every committed file stays small.
+_NGRAM_FILE = "aspects-ngram-{name}.safetensors"
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 _POLARITY_ALIASES = {
     "neg": "negative",
@@ -268,7 +269,9 @@ class AspectHeads:
     ngram_languages: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``aspects.safetensors`` (weights; n-gram parts in float16) and ``aspects.json``.
+        """Write ``aspects.safetensors`` (head weights), ``aspects-ngram-<aspect>.safetensors``
+        (each n-gram part, float16; those of aspects without one now are removed) and
+        ``aspects.json`` (the rest).
 
         Args:
             directory: Target folder (created if needed).
@@ -281,12 +284,19 @@ class AspectHeads:
         } | {
             f"{name}.bias": np.array([bias], dtype=np.float32) for name, bias in self.biases.items()
         }
-        for name, weight in self.ngram_weights.items():
-            tensors[f"{name}{_NGRAM_KEY}.weight"] = np.ascontiguousarray(weight, dtype=np.float16)
-            tensors[f"{name}{_NGRAM_KEY}.bias"] = np.array(
-                [self.ngram_biases[name]], dtype=np.float32
-            )
         save_file(tensors, str(folder / f"{HEADS_STEM}.safetensors"))
+        kept = {_NGRAM_FILE.format(name=name) for name in self.ngram_weights}
+        for stale in folder.glob(_NGRAM_FILE.format(name="*")):
+            if stale.name not in kept:
+                stale.unlink()
+        for name, weight in self.ngram_weights.items():
+            save_file(
+                {
+                    "weight": np.ascontiguousarray(weight, dtype=np.float16),
+                    "bias": np.array([self.ngram_biases[name]], dtype=np.float32),
+                },
+                str(folder / _NGRAM_FILE.format(name=name)),
+            )
         meta = {
             "version": self.version,
             "encoder_version": self.encoder_version,
@@ -330,32 +340,24 @@ class AspectHeads:
             tensors = load_file(str(tensor_file))
             prototype = meta["prototype"]
             names = sorted(
-                key.removesuffix(".weight")
-                for key in tensors
-                if key.endswith(".weight") and not key.endswith(f"{_NGRAM_KEY}.weight")
+                key.removesuffix(".weight") for key in tensors if key.endswith(".weight")
             )
             layers = meta["encoder_layers"]
             if layers is not None and (not layers or layers[-1] != LAST_LAYER):
                 raise ValueError(f"encoder_layers {layers} must end with {LAST_LAYER}")
             ngram_meta = meta.get("ngram")
             ngram = None if ngram_meta is None else _ngram_metadata(ngram_meta, meta["version"])
-            ngram_names = sorted(
-                key.removesuffix(f"{_NGRAM_KEY}.weight")
-                for key in tensors
-                if key.endswith(f"{_NGRAM_KEY}.weight")
-            )
-            ngram_weights = {
-                name: tensors[f"{name}{_NGRAM_KEY}.weight"].astype(np.float32)
-                for name in ngram_names
-            }
-            if ngram_weights and ngram is None:
-                raise ValueError("n-gram weights without the n-gram settings in the JSON")
             ngram_languages = {
                 str(name): tuple(str(lang) for lang in langs)
                 for name, langs in ({} if ngram_meta is None else ngram_meta["languages"]).items()
             }
-            if set(ngram_languages) != set(ngram_weights):
-                raise ValueError("the n-gram parts and their languages name other aspects")
+            ngram_parts = {
+                name: load_file(str(folder / _NGRAM_FILE.format(name=name)))
+                for name in ngram_languages
+            }
+            ngram_weights = {
+                name: part["weight"].astype(np.float32) for name, part in ngram_parts.items()
+            }
             if ngram is not None:
                 if not 0.0 <= float(ngram_meta["blend"]) <= 1.0:
                     raise ValueError(f"n-gram blend {ngram_meta['blend']} is not within [0, 1]")
@@ -376,9 +378,7 @@ class AspectHeads:
                 metrics=meta.get("metrics", {}),
                 ngram=ngram,
                 ngram_weights=ngram_weights,
-                ngram_biases={
-                    name: float(tensors[f"{name}{_NGRAM_KEY}.bias"][0]) for name in ngram_names
-                },
+                ngram_biases={name: float(part["bias"][0]) for name, part in ngram_parts.items()},
                 ngram_blend=0.0 if ngram_meta is None else float(ngram_meta["blend"]),
                 ngram_languages=ngram_languages,
             )
