@@ -494,6 +494,9 @@ class AspectDetector:
             else None
         )
         self._ngram_bias = np.array([heads.ngram_biases[name] for name in ngram_names])
+        self._ngram_languages = sorted(
+            {lang for name in ngram_names for lang in heads.ngram_languages[name]}
+        )
         read = self._head_matrix.shape[0]
         if self._headed and (given := example_features[0].shape[1]) != read:
             raise ModelError(
@@ -539,11 +542,15 @@ class AspectDetector:
                 from models.sentiment import hashed_features
 
                 blend = self.heads.ngram_blend
-                ngram_logits = (
-                    hashed_features(list(texts), self.heads.ngram) @ self._ngram_matrix
-                    + self._ngram_bias
-                )
                 row_langs = np.array([str(lang) for lang in langs])
+                hashed = np.flatnonzero(np.isin(row_langs, self._ngram_languages))
+                ngram_logits = np.zeros((len(texts), len(self._ngram_columns)))
+                if len(hashed):
+                    ngram_logits[hashed] = (
+                        hashed_features([texts[row] for row in hashed], self.heads.ngram)
+                        @ self._ngram_matrix
+                        + self._ngram_bias
+                    )
                 for position, column in enumerate(self._ngram_columns):
                     name = self.names[self._headed[column]]
                     scored = np.isin(row_langs, self.heads.ngram_languages[name])
@@ -553,22 +560,7 @@ class AspectDetector:
             probabilities[:, self._headed] = _sigmoid(logits)
         return probabilities.astype(np.float32)
 
-    def detect(
-        self, features: np.ndarray, texts: Sequence[str], langs: Sequence[str | None]
-    ) -> list[list[tuple[str, float]]]:
-        """Aspects above threshold per row, best first, at most ``max_aspects_per_sentence``.
-
-        Args:
-            features: (N, dim) features of ``heads.encoder_layers``.
-            texts: The N analysis texts behind them.
-            langs: Their language codes.
-
-        Returns:
-            Per row, ``(aspect, probability)`` pairs (empty when nothing passes).
-        """
-        return self.found(self.probabilities(features, texts, langs))
-
-    def found(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
+    def detect(self, probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
         """Aspects above threshold per row of :meth:`probabilities`, best first, at most
         ``max_aspects_per_sentence``.
 
@@ -672,7 +664,7 @@ def record_aspects(
         stacked_texts.extend(texts[: len(blocks[index])])  # type: ignore[arg-type]
         stacked_langs.extend([record_langs[index]] * len(blocks[index]))  # type: ignore[arg-type]
     probabilities = detector.probabilities(stacked, stacked_texts, stacked_langs)
-    detected = detector.found(probabilities)
+    detected = detector.detect(probabilities)
     results: list[list[dict[str, Any]]] = []
     position = len(batch)
     for index, (texts, polarities) in enumerate(sentences):
