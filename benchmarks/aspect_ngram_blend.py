@@ -86,7 +86,6 @@ def main() -> None:
     keys, probe_texts = _probes()
     probe_langs = [lang.split("-")[-1] for _, lang in keys]
     probe_features = aspects_train.cached_features(probe_texts, "aspects-probes")[0]
-    dev_texts = [analysis_text(text) for text in rows.texts]
     print(
         "| n-gram blend | delivery threshold | dev macro F1 | complaints found | tr | fa | ro | en "
         "| angry delivery found | greetings with an aspect |"
@@ -97,7 +96,7 @@ def main() -> None:
             rows, features, example_vectors, config, encoder_version, ngram_blend=blend
         )
         detector = aspects_train.build_detector(config, heads, example_vectors)
-        dev = detector.probabilities(features, dev_texts, list(rows.langs))
+        dev = detector.probabilities(features, rows.analysis_texts, list(rows.langs))
         probes = detector.probabilities(probe_features, probe_texts, probe_langs)
         for delivery in (float(value) for value in arguments.delivery.split(",")):
             thresholds = detector.thresholds.copy()

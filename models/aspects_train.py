@@ -25,6 +25,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,11 @@ class AnnotatedRows:
     splits: np.ndarray
     gold: np.ndarray  # (N, A) bool, columns = config.detectable order
     langs: np.ndarray
+
+    @cached_property
+    def analysis_texts(self) -> list[str]:
+        """The texts as the pipeline analyses them (normalized, redacted): the n-gram input."""
+        return [analysis_text(text) for text in self.texts]
 
 
 def load_annotated(shared_dir: Path, config: AspectConfig) -> AnnotatedRows:
@@ -260,11 +266,7 @@ def train(
     ngram = NgramMetadata(version="aspects") if ngram_blend > 0 else None
     if ngram is not None:
         train_ngrams = hashed_features(
-            [
-                analysis_text(text)
-                for text, kept in zip(rows.texts, train_rows, strict=True)
-                if kept
-            ],
+            [text for text, kept in zip(rows.analysis_texts, train_rows, strict=True) if kept],
             ngram,
         )
         phrases = [phrase for aspect in config.detectable for phrase in aspect.example_phrases]
@@ -440,9 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     heads = train(rows, embeddings, example_vectors, config, encoder_version)
     detector = build_detector(config, heads, example_vectors)
-    probabilities = detector.probabilities(
-        embeddings, [analysis_text(t) for t in rows.texts], list(rows.langs)
-    )
+    probabilities = detector.probabilities(embeddings, rows.analysis_texts, list(rows.langs))
     final = probabilities >= detector.thresholds
     centred = prototype_similarity(
         e5_embeddings(embeddings),

@@ -347,6 +347,9 @@ class AspectHeads:
                 raise ValueError(f"encoder_layers {layers} must end with {LAST_LAYER}")
             ngram_meta = meta.get("ngram")
             ngram = None if ngram_meta is None else _ngram_metadata(ngram_meta, meta["version"])
+            ngram_blend = 0.0 if ngram_meta is None else float(ngram_meta["blend"])
+            if not 0.0 <= ngram_blend <= 1.0:
+                raise ValueError(f"n-gram blend {ngram_blend} is not within [0, 1]")
             ngram_languages = {
                 str(name): tuple(str(lang) for lang in langs)
                 for name, langs in ({} if ngram_meta is None else ngram_meta["languages"]).items()
@@ -359,8 +362,6 @@ class AspectHeads:
                 name: part["weight"].astype(np.float32) for name, part in ngram_parts.items()
             }
             if ngram is not None:
-                if not 0.0 <= float(ngram_meta["blend"]) <= 1.0:
-                    raise ValueError(f"n-gram blend {ngram_meta['blend']} is not within [0, 1]")
                 width = ngram.char_features + ngram.word_features
                 for name, weight in ngram_weights.items():
                     if weight.shape != (width,):
@@ -379,7 +380,7 @@ class AspectHeads:
                 ngram=ngram,
                 ngram_weights=ngram_weights,
                 ngram_biases={name: float(part["bias"][0]) for name, part in ngram_parts.items()},
-                ngram_blend=0.0 if ngram_meta is None else float(ngram_meta["blend"]),
+                ngram_blend=ngram_blend,
                 ngram_languages=ngram_languages,
             )
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -481,13 +482,14 @@ class AspectDetector:
             else np.zeros((0, 0), dtype=np.float32)
         )
         self._head_bias = np.array([heads.biases[self.names[i]] for i in self._headed])
-        # Positions within the head columns that blend in an n-gram part.
+        # Positions within the head columns that blend in an n-gram part, and its languages.
         self._ngram_columns = [
             position
             for position, index in enumerate(self._headed)
             if self.names[index] in heads.ngram_weights
         ]
         ngram_names = [self.names[self._headed[position]] for position in self._ngram_columns]
+        self._ngram_column_languages = [heads.ngram_languages[name] for name in ngram_names]
         self._ngram_matrix = (
             np.stack([heads.ngram_weights[name] for name in ngram_names], axis=1)
             if ngram_names
@@ -495,7 +497,7 @@ class AspectDetector:
         )
         self._ngram_bias = np.array([heads.ngram_biases[name] for name in ngram_names])
         self._ngram_languages = sorted(
-            {lang for name in ngram_names for lang in heads.ngram_languages[name]}
+            {lang for languages in self._ngram_column_languages for lang in languages}
         )
         read = self._head_matrix.shape[0]
         if self._headed and (given := example_features[0].shape[1]) != read:
@@ -551,9 +553,10 @@ class AspectDetector:
                         @ self._ngram_matrix
                         + self._ngram_bias
                     )
-                for position, column in enumerate(self._ngram_columns):
-                    name = self.names[self._headed[column]]
-                    scored = np.isin(row_langs, self.heads.ngram_languages[name])
+                for position, (column, languages) in enumerate(
+                    zip(self._ngram_columns, self._ngram_column_languages, strict=True)
+                ):
+                    scored = np.isin(row_langs, languages)
                     logits[scored, column] = (1.0 - blend) * logits[
                         scored, column
                     ] + blend * ngram_logits[scored, position]
