@@ -159,6 +159,22 @@ def test_language_blend_prefers_the_informative_model() -> None:
     assert flagged.mean() == pytest.approx(point["negative_recall"]) and flagged.mean() >= 0.9
 
 
+def test_binary_rows_alone_leave_the_neutral_shift_at_zero() -> None:
+    # A language tuned on binary sets only (e.g. Romanian without sart_tweets_ro): a negative
+    # shift helps, while every neutral shift scores the same, so none may be chosen.
+    generator = np.random.default_rng(3)
+    gold = np.repeat([0, 2], 300)
+    e5 = np.log(np.full((600, 3), 1 / 3))
+    e5[:, 0] += np.where(gold == 0, 0.2, -0.6) + generator.normal(0, 0.3, size=600) - 0.5
+    e5 -= np.log(np.exp(e5).sum(axis=1, keepdims=True))
+    binary = np.ones(600, dtype=bool)
+    blend, point = fit_language_blend(
+        e5, np.full((600, 3), np.nan), gold, binary, np.zeros(600, dtype=int), 0.7, 0.9
+    )
+    assert blend.bias[0] > 0 and point["macro_f1"] > 0.8
+    assert blend.bias[1] == 0.0
+
+
 def test_flag_threshold_keeps_negative_recall_and_never_exceeds_the_rule() -> None:
     gold = np.array([0] * 10 + [2] * 10)
     negative = np.concatenate([np.linspace(0.35, 0.99, 10), np.linspace(0.0, 0.3, 10)])
