@@ -47,7 +47,13 @@ from models.sentiment._stacking import (
     _sets_macro_f1,
     fit_language_blend,
 )
-from models.sentiment.lodo import Corpus, _fold_head_proba, _macro_f1, _ngram_dev, load_corpus
+from models.sentiment.lodo import (
+    _fold_head_proba,
+    _macro_f1,
+    _ngram_dev,
+    load_corpus,
+    tuning_rows,
+)
 from models.sentiment.train import load_training_config
 
 # (class weights of the n-gram part, temperature, class shift) -> probabilities
@@ -149,20 +155,6 @@ def fitted_mixers(
     return mixers
 
 
-def _tuning_rows(
-    corpus: Corpus, tuning: list[str], head: dict[str, np.ndarray], ngram: dict[str, np.ndarray]
-) -> tuple[np.ndarray, ...]:
-    return (
-        np.log(np.clip(np.concatenate([head[name] for name in tuning]), 1e-12, 1.0)),
-        np.concatenate([ngram[name] for name in tuning]),
-        np.concatenate([corpus.dev[name].labels for name in tuning]),
-        np.concatenate(
-            [np.full(len(corpus.dev[n].frame), not corpus.dev[n].has_neutral) for n in tuning]
-        ),
-        np.concatenate([np.full(len(corpus.dev[n].frame), i) for i, n in enumerate(tuning)]),
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="as given to the lodo run")
@@ -177,7 +169,7 @@ def main() -> int:
         lang = corpus.lang(held)
         tuning = [name for name in others if corpus.lang(name) == lang]
         ngram = _ngram_dev(corpus, others, lang, [*tuning, held])
-        mixers = fitted_mixers(*_tuning_rows(corpus, tuning, head, ngram))
+        mixers = fitted_mixers(*tuning_rows(corpus, tuning, head, ngram))
         scores.setdefault("e5 alone", {})[held] = _macro_f1(corpus.dev[held], head[held])
         e5_log = np.log(np.clip(head[held], 1e-12, 1.0))
         for name, mix in mixers.items():

@@ -56,6 +56,7 @@ __all__ = [
     "main",
     "ngram_for",
     "run_lodo",
+    "tuning_rows",
 ]
 
 # The sets the first head (sentiment-e5-00e5dfea1f) was trained on.
@@ -243,6 +244,34 @@ def _ngram_dev(
     return result
 
 
+def tuning_rows(
+    corpus: Corpus,
+    tuning: list[str],
+    head: dict[str, np.ndarray],
+    ngram: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dev rows of ``tuning`` as ``fit_language_blend`` takes them.
+
+    Args:
+        corpus: The corpus.
+        tuning: Sets whose dev splits choose the blend.
+        head: Set -> tempered e5-head probabilities on its dev split.
+        ngram: Set -> n-gram probabilities on its dev split.
+
+    Returns:
+        (e5 log-probabilities, n-gram probabilities, gold labels, binary-set flags, set index).
+    """
+    return (
+        np.log(np.clip(np.concatenate([head[name] for name in tuning]), 1e-12, 1.0)),
+        np.concatenate([ngram[name] for name in tuning]),
+        np.concatenate([corpus.dev[name].labels for name in tuning]),
+        np.concatenate(
+            [np.full(len(corpus.dev[n].frame), not corpus.dev[n].has_neutral) for n in tuning]
+        ),
+        np.concatenate([np.full(len(corpus.dev[n].frame), i) for i, n in enumerate(tuning)]),
+    )
+
+
 def _fold(
     corpus: Corpus,
     names: list[str],
@@ -261,13 +290,7 @@ def _fold(
         tuning = [name for name in names if corpus.lang(name) == lang]
         ngram = _ngram_dev(corpus, names, lang, tuning + wanted)
         blend, _ = fit_language_blend(
-            np.log(np.clip(np.concatenate([head[name] for name in tuning]), 1e-12, 1.0)),
-            np.concatenate([ngram[name] for name in tuning]),
-            np.concatenate([corpus.dev[name].labels for name in tuning]),
-            np.concatenate(
-                [np.full(len(corpus.dev[n].frame), not corpus.dev[n].has_neutral) for n in tuning]
-            ),
-            np.concatenate([np.full(len(corpus.dev[n].frame), i) for i, n in enumerate(tuning)]),
+            *tuning_rows(corpus, tuning, head, ngram),
             FLAG_NEGATIVE_THRESHOLD,
             NEGATIVE_RECALL_TARGET,
         )
