@@ -47,8 +47,8 @@ NEGATIVE_RECALL_TARGET = 0.90
 _NGRAM_GRID = np.round(np.arange(0.0, 0.951, 0.05), 2)
 _TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.3), np.log(3.0), 61))
 # Class shifts, smallest first: of shifts that score the same the smallest is kept. Rows of
-# binary sets alone cannot tell neutral shifts apart (they are scored over negative/positive);
-# in ascending order the first, -1.5, won whenever a negative shift helped.
+# binary sets alone cannot tell neutral shifts apart (they are scored over negative/positive),
+# so for a language tuned on them the order alone sets the neutral shift: 0 this way.
 _BIAS_GRID = np.array(sorted(np.round(np.arange(-1.0, 3.001, 0.1), 2), key=lambda v: (abs(v), v)))
 _NEUTRAL_BIAS_GRID = np.array(
     sorted(np.round(np.arange(-1.5, 1.001, 0.25), 2), key=lambda v: (abs(v), v))
