@@ -38,12 +38,8 @@ def main() -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     config = load_aspect_config(None)
     names = [aspect.name for aspect in config.detectable]
-    rows = aspects_train.load_annotated(arguments.shared, config)
-    embeddings, encoder_version = aspects_train.cached_features(rows.texts, "aspects-annotated")
-    example_vectors = [
-        aspects_train.cached_features(aspect.example_phrases, "aspects-examples")[0]
-        for aspect in config.detectable
-    ]
+    inputs = aspects_train.load_training_inputs(arguments.shared, config)
+    rows, embeddings, example_vectors = inputs.rows, inputs.embeddings, inputs.example_vectors
     tuned_on: list[tuple[np.ndarray, np.ndarray]] = []
     best_threshold = aspects_train._best_threshold
 
@@ -53,7 +49,9 @@ def main() -> int:
 
     aspects_train._best_threshold = keeping_scores
     try:
-        heads = aspects_train.train(rows, embeddings, example_vectors, config, encoder_version)
+        heads = aspects_train.train(
+            rows, embeddings, example_vectors, config, inputs.encoder_version
+        )
     finally:
         aspects_train._best_threshold = best_threshold
     train_rows = rows.splits == "train"

@@ -77,12 +77,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     config = load_aspect_config()
     names = [aspect.name for aspect in config.detectable]
-    rows = aspects_train.load_annotated(arguments.shared, config)
-    features, encoder_version = aspects_train.cached_features(rows.texts, "aspects-annotated")
-    example_vectors = [
-        aspects_train.cached_features(aspect.example_phrases, "aspects-examples")[0]
-        for aspect in config.detectable
-    ]
+    inputs = aspects_train.load_training_inputs(arguments.shared, config)
+    rows, features, example_vectors = inputs.rows, inputs.embeddings, inputs.example_vectors
     keys, probe_texts = _probes()
     probe_langs = [lang.split("-")[-1] for _, lang in keys]
     probe_features = aspects_train.cached_features(probe_texts, "aspects-probes")[0]
@@ -93,7 +89,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for blend in (float(value) for value in arguments.blends.split(",")):
         heads = aspects_train.train(
-            rows, features, example_vectors, config, encoder_version, ngram_blend=blend
+            rows, features, example_vectors, config, inputs.encoder_version, ngram_blend=blend
         )
         detector = aspects_train.build_detector(config, heads, example_vectors)
         dev = detector.probabilities(features, rows.analysis_texts, list(rows.langs))

@@ -49,7 +49,12 @@ from models.sentiment._stacking import (
     fit_language_blend,
 )
 from models.sentiment.stack import stack_splits
-from models.sentiment.train import load_training_config, select_datasets, train_head
+from models.sentiment.train import (
+    TrainingConfig,
+    load_training_config,
+    select_datasets,
+    train_head,
+)
 
 LANGS = ("en", "fa", "ro", "tr")
 ZWNJ = "\u200c"
@@ -173,10 +178,13 @@ def ngram_variants(
 
 
 def seed_heads(
-    seeds: Sequence[int], cache: FeatureCache, dev: list[DatasetSplit], features: list[np.ndarray]
+    config: TrainingConfig,
+    seeds: Sequence[int],
+    cache: FeatureCache,
+    dev: list[DatasetSplit],
+    features: list[np.ndarray],
 ) -> None:
     """Print the pooled dev macro-F1 per language of heads of other seeds and of their mean."""
-    config = load_training_config()
     ngram = NgramModel.load(config.resolved(Path("models/heads/sentiment-ngram")))
     ngram_proba = [
         ngram.predict_proba(split.frame["text"].tolist(), split.frame["lang"].tolist())
@@ -234,7 +242,7 @@ def main() -> int:
         e5_proba = [head.predict_proba(block) for block in features]
         ngram_variants(arguments.langs, arguments.zwnj, train, dev, e5_proba)
     else:
-        seed_heads(arguments.seeds, cache, dev, features)
+        seed_heads(config, arguments.seeds, cache, dev, features)
     return 0
 
 

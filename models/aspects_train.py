@@ -51,10 +51,12 @@ __all__ = [
     "ENCODER_LAYERS",
     "NGRAM_BLEND",
     "AnnotatedRows",
+    "TrainingInputs",
     "build_detector",
     "cached_features",
     "evaluate",
     "load_annotated",
+    "load_training_inputs",
     "main",
     "train",
 ]
@@ -173,6 +175,42 @@ def cached_features(texts: list[str], kind_note: str) -> tuple[np.ndarray, str]:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors, encoder.version
+
+
+@dataclass
+class TrainingInputs:
+    """What training and its benchmarks read: the annotated rows and the cached features.
+
+    Attributes:
+        rows: Mapped annotated rows.
+        embeddings: Their features of ``ENCODER_LAYERS``.
+        example_vectors: Per detectable aspect, its example phrases' features.
+        encoder_version: Encoder behind the features.
+    """
+
+    rows: AnnotatedRows
+    embeddings: np.ndarray
+    example_vectors: list[np.ndarray]
+    encoder_version: str
+
+
+def load_training_inputs(shared_dir: Path, config: AspectConfig) -> TrainingInputs:
+    """Read the annotated sets and their features (encoded once, then from the cache).
+
+    Args:
+        shared_dir: The ../shared folder.
+        config: The taxonomy.
+
+    Returns:
+        The inputs of :func:`train`.
+    """
+    rows = load_annotated(shared_dir, config)
+    embeddings, encoder_version = cached_features(rows.texts, "aspects-annotated")
+    example_vectors = [
+        cached_features(aspect.example_phrases, "aspects-examples")[0]
+        for aspect in config.detectable
+    ]
+    return TrainingInputs(rows, embeddings, example_vectors, encoder_version)
 
 
 def _best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -435,12 +473,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     config = load_aspect_config(arguments.config_dir)
     names = [aspect.name for aspect in config.detectable]
-    rows = load_annotated(arguments.shared, config)
-    embeddings, encoder_version = cached_features(rows.texts, "aspects-annotated")
-    example_vectors = [
-        cached_features(a.example_phrases, "aspects-examples")[0] for a in config.detectable
-    ]
-    heads = train(rows, embeddings, example_vectors, config, encoder_version)
+    inputs = load_training_inputs(arguments.shared, config)
+    rows, embeddings, example_vectors = inputs.rows, inputs.embeddings, inputs.example_vectors
+    heads = train(rows, embeddings, example_vectors, config, inputs.encoder_version)
     detector = build_detector(config, heads, example_vectors)
     probabilities = detector.probabilities(embeddings, rows.analysis_texts, list(rows.langs))
     final = probabilities >= detector.thresholds
