@@ -64,11 +64,13 @@ def rerun(
     db: DbOption = None,
 ) -> None:
     """Backfill or recompute the records created in [--since, --until)."""
-    from flows._children import start_temporary_prefect_server
-    from flows.rerun import rerun as rerun_flow
     from pipelines._validate import check_configuration
 
-    check_configuration(config, source, stage)  # before Prefect starts: errors in one line
+    # Before Prefect is imported or started: errors in one line, at once.
+    check_configuration(config, source, stage)
+    from flows._children import start_temporary_prefect_server
+    from flows.rerun import rerun as rerun_flow
+
     start_temporary_prefect_server()
     with flow_db_parameter(db) as flow_db, console.status("Running the rerun flow..."):
         summary = rerun_flow(
@@ -122,11 +124,12 @@ def serve(
     Starts a local Prefect server (UI on http://127.0.0.1:PORT) unless PREFECT_API_URL is set.
     Stop with Ctrl-C.
     """
-    from flows._cli_web import start_web
-    from flows.deployments import serve_locally
     from pipelines._validate import check_configuration
 
     timezone = check_configuration(config).timezone
+    from flows._cli_web import start_web
+    from flows.deployments import serve_locally
+
     if web:
         try:
             start_web("127.0.0.1", web_port, str(config) if config else None, db, background=True)

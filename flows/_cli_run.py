@@ -58,13 +58,15 @@ def _run_flow(
     stages: list[str] | None,
     resend_alerts: bool = False,
 ) -> None:
-    from flows._children import start_temporary_prefect_server
-    from flows.nightly import nightly
     from pipelines._validate import check_configuration
 
-    # Configuration errors end here, at once, before Prefect starts (the flow checks again).
+    # Configuration errors end here, at once, before Prefect is imported or started (the flow
+    # checks again).
     check_configuration(config, sources, stages)
     database = mask_credentials(_db_url(config, db))
+    from flows._children import start_temporary_prefect_server
+    from flows.nightly import nightly
+
     start_temporary_prefect_server()
     with flow_db_parameter(db) as flow_db, console.status("Running the nightly flow..."):
         summary = nightly(

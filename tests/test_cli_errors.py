@@ -46,8 +46,14 @@ def test_a_config_error_stops_the_command_before_prefect(
         "PREFECT_API_URL": "http://127.0.0.1:9/api",
         "FEEDBACK_DB_URL": str(tmp_path / "feedback.duckdb"),
     }
+    # At exit the process prints which flow modules it imported: none, so the error comes at
+    # once, without the seconds their imports (Prefect's flow machinery, the stages) take.
+    flows_imported = (
+        "import atexit, sys; atexit.register(lambda: print(sorted(name for name in sys.modules "
+        "if name in ('flows.nightly', 'flows.rerun', 'flows.deployments'))))"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", _CLI, *command, "--config", str(config)],
+        [sys.executable, "-c", f"{flows_imported}; {_CLI}", *command, "--config", str(config)],
         env=env,
         capture_output=True,
         text=True,
@@ -59,6 +65,7 @@ def test_a_config_error_stops_the_command_before_prefect(
     assert len(lines) == 1 and lines[0].startswith("Error [E001]"), result.stderr
     assert "routing.yaml" in lines[0] and "escalate_after" in lines[0]
     assert "Traceback" not in result.stderr and "2h" not in result.stderr  # values never echoed
+    assert result.stdout.strip() == "[]"
     assert not (tmp_path / "feedback.duckdb").exists()
 
 
