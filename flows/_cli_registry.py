@@ -208,14 +208,20 @@ def promote_command(
 
 
 def _advise_flag_thresholds(version: str, wanted: dict[str, float], config: Path | None) -> None:
-    """Say which of flagging.yaml's per-language negative thresholds differ from ``wanted``,
-    the ones keeping model ``version``'s dev negative recall at its target (the flag rules do
-    not follow the model in use)."""
+    """Say which per-language negative thresholds the flag rules now use for model
+    ``version``'s records: its own (``wanted``, keeping its dev negative recall at its target)
+    when flagging.yaml's thresholds follow the model, else which configured ones differ."""
     from pipelines.analysis.flagging import FlaggingRules
     from pipelines.config import config_path, load_yaml_model
 
     file = config_path("flagging.yaml", config)
     configured = load_yaml_model(file, FlaggingRules).negative_document
+    if configured.thresholds_from_model and wanted:
+        console.print(
+            f"flag thresholds follow the model ({file}): documents of {version} are flagged "
+            f"from negative probability {_thresholds(wanted)}"
+        )
+        return
     differing = {
         lang: configured.threshold(lang)
         for lang, value in wanted.items()
@@ -226,8 +232,8 @@ def _advise_flag_thresholds(version: str, wanted: dict[str, float], config: Path
     console.print(
         f"flag thresholds: {version} keeps dev negative recall at its target with "
         f"negative_document.min_probability_by_language {_thresholds(wanted)}; {file} "
-        f"differs for {_thresholds(differing)}. Set the model's values there to keep that "
-        "recall."
+        f"differs for {_thresholds(differing)}. Set the model's values there, or "
+        "thresholds_from_model: true, to keep that recall."
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,18 +12,22 @@ import pandas as pd
 import pytest
 import yaml
 
+from models.sentiment import LanguageBlend
+from models.sentiment.store_models import model_artifact_data
 from pipelines._errors import ConfigError
 from pipelines.analysis.flagging import (
     FLAG_COLUMNS,
     FlaggingRules,
     FlaggingStage,
+    committed_model_thresholds,
     flag_batch,
     load_flagging_rules,
     summarize,
 )
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.stages import StageContext
-from pipelines.storage import Store, schema
+from pipelines.storage import Store, register_model, schema
+from tests._tiny_stack import tiny_stack
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -319,3 +324,76 @@ def test_per_language_negative_threshold_overrides_the_general_one(tmp_path: Pat
     (tmp_path / "flagging.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(ConfigError, match="min_probability_by_language"):
         load_flagging_rules(tmp_path)
+
+
+def _custom_model(store: Store, version: str, thresholds: dict[str, float]) -> None:
+    """Register a stack whose stored flag thresholds are ``thresholds``."""
+    stack = tiny_stack(LanguageBlend(0.5, 1.0, [0.0, 0.0, 0.0]), version=version)
+    stack.metadata.metrics = {
+        "negative_operating_point": {
+            lang: {"flag_threshold": value, "negative_recall": 0.9}
+            for lang, value in thresholds.items()
+        }
+    }
+    weights, metadata = model_artifact_data(stack)
+    register_model(
+        store,
+        version=version,
+        kind="sentiment",
+        head_metadata=metadata,
+        weights=weights,
+        metrics={},
+        parent_version=None,
+    )
+
+
+def test_document_thresholds_follow_the_model_that_scored_the_record(
+    store: Store, tmp_path: Path
+) -> None:
+    ((committed, committed_thresholds),) = committed_model_thresholds().items()
+    shipped = load_flagging_rules().negative_document
+    # The shipped fallback values are the committed model's own.
+    assert committed_thresholds == {lang: shipped.threshold(lang) for lang in committed_thresholds}
+    _custom_model(store, "custom-flags", {"en": 0.30})
+    rows = pd.DataFrame(
+        [
+            record(id="committed", model_version=committed, sentiment_scores=scores(0.40)),
+            record(id="custom", model_version="custom-flags", sentiment_scores=scores(0.40)),
+            record(id="retired", model_version="retired-model", sentiment_scores=scores(0.40)),
+            record(id="ro", lang="ro", model_version="custom-flags", sentiment_scores=scores(0.55)),
+        ]
+    )
+    context = StageContext(store=store, run_id="run-1")
+    result = FlaggingStage.from_config().run(rows, context)
+    # en: the committed model flags from 0.46, the custom one from its own 0.30; a version the
+    # store does not hold, and a language the model stores no value for (ro: 0.52), use the
+    # YAML's per-language values.
+    assert result["flagged"].tolist() == [False, True, False, True]
+    assert result["reasons"][1] == ["negative 0.40"]
+
+    config = tmp_path / "configs"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    flagging = config / "flagging.yaml"
+    flagging.write_text(
+        flagging.read_text(encoding="utf-8").replace(
+            "thresholds_from_model: true", "thresholds_from_model: false"
+        ),
+        encoding="utf-8",
+    )
+    fixed = FlaggingStage.from_config(config).run(rows, context)
+    assert fixed["flagged"].tolist() == [False, False, False, True]
+
+
+def test_thresholds_from_a_model_that_stores_none_are_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "configs"
+    shutil.copytree(DEFAULT_CONFIG_DIR, config)
+    sentiment = config / "sentiment.yaml"
+    sentiment.write_text(
+        sentiment.read_text(encoding="utf-8").replace(
+            "stack: models/heads/sentiment-stack.json", "stack: null"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="thresholds_from_model") as error:
+        load_flagging_rules(config)
+    assert error.value.code == "E005"

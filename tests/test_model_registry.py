@@ -239,20 +239,21 @@ def test_models_cli_refuses_a_candidate_that_failed_its_gate(db_url: str) -> Non
     assert result.exit_code == 1 and "Error [E092] model v-404 is not in the store" in result.output
 
 
-def test_promote_and_rollback_say_when_flag_thresholds_do_not_fit_the_model(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_promote_and_rollback_say_which_flag_thresholds_apply(db_url: str, tmp_path: Path) -> None:
     stack = tiny_stack(LanguageBlend(0.5, 1.0, [0.0, 0.0, 0.0]), version="custom-stack-flags")
     stack.metadata.metrics = {
         "negative_operating_point": {"en": {"flag_threshold": 0.3, "negative_recall": 0.9}}
     }
     with Store(db_url) as store:
         _register_model(store, stack, {"gate": {"passed": True, "reasons": []}})
-    config = tmp_path / "config"
-    shutil.copytree(DEFAULT_CONFIG_DIR, config)
-    flagging = config / "flagging.yaml"
+    fixed = tmp_path / "config"
+    shutil.copytree(DEFAULT_CONFIG_DIR, fixed)
+    flagging = fixed / "flagging.yaml"
     flagging.write_text(
-        flagging.read_text(encoding="utf-8").replace("{en: 0.46,", "{en: 0.30,"), encoding="utf-8"
+        flagging.read_text(encoding="utf-8").replace(
+            "thresholds_from_model: true", "thresholds_from_model: false"
+        ),
+        encoding="utf-8",
     )
     runner = CliRunner()
 
@@ -261,18 +262,21 @@ def test_promote_and_rollback_say_when_flag_thresholds_do_not_fit_the_model(
         assert result.exit_code == 0, result.output
         return " ".join(result.output.split())
 
-    # The shipped flagging.yaml fits the committed model (en 0.46), not this one (en 0.30).
+    # The shipped flagging.yaml: the thresholds follow the model in use.
     output = said("models", "promote", stack.version)
+    assert (
+        "documents of custom-stack-flags are flagged from negative probability {en: 0.30}" in output
+    )
+    output = said("models", "rollback")
+    assert (
+        "documents of the committed model are flagged from negative probability "
+        "{en: 0.46, fa: 0.27, ro: 0.52, tr: 0.17}" in output
+    )
+    # Fixed thresholds (the committed model's, en 0.46): the ones that do not fit are named.
+    output = said("models", "promote", stack.version, "--config", str(fixed))
     assert (
         "flag thresholds: custom-stack-flags keeps dev negative recall at its target with "
         "negative_document.min_probability_by_language {en: 0.30};" in output
     )
     assert "differs for {en: 0.46}" in output
-    output = said("models", "rollback", "--config", str(config))
-    assert "flag thresholds: the committed model keeps" in output
-    assert (
-        "{en: 0.46, fa: 0.27, ro: 0.52, tr: 0.17}" in output and "differs for {en: 0.30}" in output
-    )
-    assert "flag thresholds" not in said(
-        "models", "promote", stack.version, "--config", str(config)
-    )
+    assert "flag thresholds" not in said("models", "rollback", "--config", str(fixed))

@@ -94,6 +94,30 @@ class StackMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> StackMetadata:
+        """Read ``sentiment-stack.json`` alone (not the models it names).
+
+        Args:
+            path: The stack's JSON.
+
+        Returns:
+            Its metadata.
+
+        Raises:
+            ModelError: The file is missing or invalid.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise ModelError(
+                f"sentiment stack {file} not found; build it with `python -m "
+                "models.sentiment.stack` or remove `stack:` from sentiment.yaml"
+            )
+        try:
+            return cls(**json.loads(file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelError(f"{file} is not valid stack metadata: {exc}") from exc
+
 
 def blend_log_proba(
     e5_log_proba: np.ndarray, ngram_proba: np.ndarray, blend: LanguageBlend
@@ -317,15 +341,7 @@ class StackedSentiment:
             ModelError: A file is missing or invalid.
         """
         file = Path(path)
-        if not file.is_file():
-            raise ModelError(
-                f"sentiment stack {file} not found; build it with `python -m "
-                "models.sentiment.stack` or remove `stack:` from sentiment.yaml"
-            )
-        try:
-            metadata = StackMetadata(**json.loads(file.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ModelError(f"{file} is not valid stack metadata: {exc}") from exc
+        metadata = StackMetadata.read(file)
         head = SentimentHead.load(file.parent / metadata.head)
         ngram = NgramModel.load(file.parent / metadata.ngram)
         return cls(head, ngram, metadata)

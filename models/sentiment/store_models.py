@@ -85,18 +85,20 @@ def model_head(model: SentimentModel) -> SentimentHead:
     return model.head if isinstance(model, StackedSentiment) else model
 
 
-def flag_thresholds(model: SentimentModel | ModelArtifact) -> dict[str, float]:
+def flag_thresholds(model: SentimentModel | StackMetadata | ModelArtifact) -> dict[str, float]:
     """Per language, the highest negative probability threshold that keeps the model's dev
     negative recall at its target (0.90), as chosen when it was built.
 
     Args:
-        model: A head or a stack, or a registry row holding one.
+        model: A head or a stack (or a stack's metadata alone), or a registry row holding one.
 
     Returns:
         Language -> threshold; empty for a head alone (it records none).
     """
     if isinstance(model, StackedSentiment):
         metrics = model.metadata.metrics
+    elif isinstance(model, StackMetadata):
+        metrics = model.metrics
     elif isinstance(model, ModelArtifact):
         stack = model.head_metadata.get(_STACK_KEY)
         metrics = stack["blend"].get("metrics", {}) if stack else {}

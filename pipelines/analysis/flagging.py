@@ -14,12 +14,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines._errors import ConfigError
+from pipelines._errors import ConfigError, ModelVersionError
 from pipelines.analysis.churn import ChurnDetector, ChurnMatch, ChurnRules
 from pipelines.config import config_path, load_yaml_model
 from pipelines.stages import Stage, StageContext
@@ -33,6 +34,7 @@ __all__ = [
     "FlaggingRules",
     "FlaggingStage",
     "Priority",
+    "committed_model_thresholds",
     "flag_batch",
     "load_flagging_rules",
     "summarize",
@@ -75,6 +77,23 @@ class _NegativeSignal(_Signal):
         if isinstance(lang, str):
             return self.min_probability_by_language.get(lang, self.min_probability)
         return self.min_probability
+
+
+class _NegativeDocumentSignal(_NegativeSignal):
+    thresholds_from_model: bool = Field(
+        default=False,
+        description="per language, use the threshold stored with the sentiment model that "
+        "scored the record (the one keeping its dev negative recall at 0.90), so a promoted model "
+        "brings its own; min_probability_by_language, then min_probability, serve the languages "
+        "and models that store none",
+    )
+
+    def model_threshold(self, lang: object, model_thresholds: Mapping[str, float]) -> float:
+        """The negative probability that fires the signal for a record in ``lang`` scored by a
+        model whose stored thresholds are ``model_thresholds``."""
+        if self.thresholds_from_model and isinstance(lang, str) and lang in model_thresholds:
+            return model_thresholds[lang]
+        return self.threshold(lang)
 
 
 class _LowRatingSignal(_Signal):
@@ -120,7 +139,7 @@ class FlaggingRules(BaseModel):
 
     version: str = Field(min_length=1, description="stored with every flag; bump on any change")
     priority_min_points: dict[Priority, int]
-    negative_document: _NegativeSignal
+    negative_document: _NegativeDocumentSignal
     negative_sentence: _NegativeSignal
     low_rating: _LowRatingSignal
     nps_detractor: _NpsSignal
@@ -169,6 +188,13 @@ def load_flagging_rules(config_dir: str | os.PathLike[str] | None = None) -> Fla
 
     file = config_path("flagging.yaml", config_dir)
     rules = load_yaml_model(file, FlaggingRules)
+    if rules.negative_document.thresholds_from_model and _committed_stack(config_dir) is None:
+        raise ConfigError(
+            f"{file}: negative_document.thresholds_from_model is true, but sentiment.yaml's "
+            "model stores no thresholds (only the e5_head backend with a `stack:` does). Set it "
+            "to false and give min_probability_by_language, or configure the stack.",
+            code="E005",
+        )
     known = [aspect.name for aspect in load_aspect_config(config_dir).aspects]
     unknown = [f"aspects.{name}" for name in rules.aspects if name not in known]
     if unknown:
@@ -178,6 +204,35 @@ def load_flagging_rules(config_dir: str | os.PathLike[str] | None = None) -> Fla
             code="E005",
         )
     return rules
+
+
+def _committed_stack(config_dir: str | os.PathLike[str] | None) -> Path | None:
+    """sentiment.yaml's committed stack (the models that store flag thresholds), if any."""
+    from pipelines.analysis.sentiment import load_sentiment_config
+
+    config = load_sentiment_config(config_dir)
+    return config.e5_head.stack_path if config.backend == "e5_head" else None
+
+
+def committed_model_thresholds(
+    config_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The flag thresholds stored with sentiment.yaml's committed stack, by its version.
+
+    Args:
+        config_dir: Folder with the YAML files; embedded defaults when None.
+
+    Returns:
+        ``{version: {language: threshold}}``; empty when the model stores none.
+    """
+    from models.sentiment import StackMetadata
+    from models.sentiment.store_models import flag_thresholds
+
+    path = _committed_stack(config_dir)
+    if path is None:
+        return {}
+    metadata = StackMetadata.read(path)
+    return {metadata.version: flag_thresholds(metadata)}
 
 
 @dataclass(frozen=True)
@@ -297,12 +352,14 @@ def _evaluate(
     rules: FlaggingRules,
     detector: ChurnDetector,
     repeat_negatives: int,
+    model_thresholds: Mapping[str, float],
 ) -> Flag:
     evaluation = _Evaluation()
 
     document_negative = _negative_probability(row.get("sentiment_scores"))
     if document_negative is not None:
-        negative_document = document_negative >= rules.negative_document.threshold(row.get("lang"))
+        threshold = rules.negative_document.model_threshold(row.get("lang"), model_thresholds)
+        negative_document = document_negative >= threshold
         if negative_document:
             evaluation.add(rules.negative_document, f"negative {document_negative:.2f}")
     else:
@@ -452,6 +509,7 @@ def flag_batch(
     rules: FlaggingRules,
     store: Store | None = None,
     detector: ChurnDetector | None = None,
+    model_thresholds: Mapping[str, Mapping[str, float]] | None = None,
 ) -> pd.DataFrame:
     """Flag every row of ``batch``.
 
@@ -465,6 +523,9 @@ def flag_batch(
         store: Database for the repeat-complainer look-up; None uses the batch alone (e.g.
             ``feedback analyze`` on a file).
         detector: Churn detector; built from ``rules`` when None.
+        model_thresholds: Sentiment model version -> its per-language flag thresholds, used
+            for a row by its ``model_version`` when ``negative_document.thresholds_from_model``
+            is set.
 
     Returns:
         A copy of ``batch`` with ``flagged`` (bool), ``priority`` (P1/P2/P3 or None),
@@ -472,8 +533,9 @@ def flag_batch(
     """
     churn = detector or ChurnDetector(rules.churn_intent_patterns)
     repeat_counts = _repeat_negative_counts(batch, rules, store)
+    by_version = model_thresholds or {}
     flags = [
-        _evaluate(row, rules, churn, repeat)
+        _evaluate(row, rules, churn, repeat, by_version.get(str(row.get("model_version")), {}))
         for row, repeat in zip(batch.to_dict(orient="records"), repeat_counts, strict=True)
     ]
     result = batch.copy()
@@ -493,19 +555,33 @@ class FlaggingStage(Stage):
     """Analysis stage adding ``flagged``, ``priority``, ``reasons``, ``churn_intent`` (and
     ``flag_points``) and storing them in the ``flags`` table.
 
+    With ``negative_document.thresholds_from_model``, a record's document threshold is the one
+    stored with the sentiment model that scored it (its ``model_version``): the committed
+    stack's, or a registered model's, read from the run's store once per version.
+
     Args:
         rules: Validated flagging rules.
+        model_thresholds: Sentiment model version -> per-language thresholds already known
+            (the committed model's).
     """
 
     name = "flagging"
 
-    def __init__(self, rules: FlaggingRules) -> None:
+    def __init__(
+        self,
+        rules: FlaggingRules,
+        model_thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
         self.rules = rules
         self.detector = ChurnDetector(rules.churn_intent_patterns)
+        self.model_thresholds = {
+            version: dict(thresholds) for version, thresholds in (model_thresholds or {}).items()
+        }
 
     @classmethod
     def from_config(cls, config_dir: str | os.PathLike[str] | None = None) -> FlaggingStage:
-        """Build the stage from ``flagging.yaml``.
+        """Build the stage from ``flagging.yaml`` (and, when the thresholds follow the model,
+        the committed sentiment model's thresholds).
 
         Args:
             config_dir: Folder with the YAML files; embedded defaults when None.
@@ -513,7 +589,10 @@ class FlaggingStage(Stage):
         Returns:
             The stage.
         """
-        return cls(load_flagging_rules(config_dir))
+        rules = load_flagging_rules(config_dir)
+        if not rules.negative_document.thresholds_from_model:
+            return cls(rules)
+        return cls(rules, committed_model_thresholds(config_dir))
 
     @property
     def version(self) -> str:
@@ -530,7 +609,28 @@ class FlaggingStage(Stage):
         Returns:
             The batch with the flag columns.
         """
-        return flag_batch(batch, self.rules, context.store, self.detector)
+        return flag_batch(
+            batch, self.rules, context.store, self.detector, self._thresholds(batch, context.store)
+        )
+
+    def _thresholds(
+        self, batch: pd.DataFrame, store: Store
+    ) -> Mapping[str, Mapping[str, float]] | None:
+        """The thresholds of every sentiment model version in ``batch``; a version not seen
+        before is looked up in the store's registry (none stored for an unknown one)."""
+        if not self.rules.negative_document.thresholds_from_model or "model_version" not in batch:
+            return None
+        from models.sentiment.store_models import flag_thresholds
+        from pipelines.storage import model_artifact
+
+        for version in batch["model_version"].dropna().unique().tolist():
+            if str(version) not in self.model_thresholds:
+                try:
+                    found = flag_thresholds(model_artifact(store, str(version)))
+                except ModelVersionError:
+                    found = {}
+                self.model_thresholds[str(version)] = found
+        return self.model_thresholds
 
     def save(self, batch: pd.DataFrame, context: StageContext) -> int:
         """Upsert one ``flags`` row per record of ``batch`` (flagged or not).
