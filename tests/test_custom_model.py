@@ -97,6 +97,23 @@ def test_analyze_db_uses_the_promoted_model_until_rolled_back(db_url: str, tmp_p
     records = _analyze(db_url, tmp_path)
     assert {record["model_version"] for record in records} == {_COMMITTED_STACK["version"]}
     assert {record["sentiment"] for record in records} == {"positive"}
+    assert not any(record["flagged"] for record in records)
+
+    # The flag rules take the document threshold of the model in use: a stack that keeps its
+    # negative recall only at threshold 0 flags these happy reviews.
+    committed = StackedSentiment.load("models/heads/sentiment-stack.json")
+    eager = custom_stack(committed, committed.head, [])
+    eager.metadata.metrics = {
+        "negative_operating_point": {
+            lang: {"flag_threshold": 0.0, "negative_recall": 1.0} for lang in ("en", "tr")
+        }
+    }
+    with Store(db_url) as store:
+        _promote(store, eager)
+    records = _analyze(db_url, tmp_path)
+    assert {record["model_version"] for record in records} == {eager.version}
+    assert all(record["flagged"] for record in records)
+    assert all(record["reasons"][0].startswith("negative 0.0") for record in records)
 
 
 def test_stored_predictions_record_the_promoted_version(store: Store) -> None:
