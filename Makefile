@@ -34,11 +34,13 @@ run: model
 
 # Two test processes by default (CI has 2 cores): most tests wait on servers, subprocesses and
 # the database, so two halve the wall time (11.6 -> 6.0 min on a 2-core Xeon); four were no
-# faster (6.4 min). `make test TEST_WORKERS=0` runs in one process.
+# faster (6.4 min). `make test TEST_WORKERS=0` runs in one process. Work stealing keeps both
+# busy to the end: 600 / 592 / 645 s against 637 / 663 s for xdist's default split (AVX2-only
+# EPYC, one clean checkout, interleaved; benchmarks/RESULTS.md).
 TEST_WORKERS ?= 2
 
 test: model
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
