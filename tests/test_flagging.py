@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from pipelines.analysis.flagging import (
 from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.stages import StageContext
 from pipelines.storage import Store, register_model, schema
+from tests._configs import edited_configs
 from tests._tiny_stack import tiny_stack
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
@@ -371,29 +371,11 @@ def test_document_thresholds_follow_the_model_that_scored_the_record(
     assert result["flagged"].tolist() == [False, True, False, True]
     assert result["reasons"][1] == ["negative 0.40"]
 
-    config = tmp_path / "configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, config)
-    flagging = config / "flagging.yaml"
-    flagging.write_text(
-        flagging.read_text(encoding="utf-8").replace(
-            "thresholds_from_model: true", "thresholds_from_model: false"
-        ),
-        encoding="utf-8",
+    config = edited_configs(
+        tmp_path / "configs",
+        "flagging.yaml",
+        "thresholds_from_model: true",
+        "thresholds_from_model: false",
     )
     fixed = FlaggingStage.from_config(config).run(rows, context)
     assert fixed["flagged"].tolist() == [False, False, False, True]
-
-
-def test_thresholds_from_a_model_that_stores_none_are_a_config_error(tmp_path: Path) -> None:
-    config = tmp_path / "configs"
-    shutil.copytree(DEFAULT_CONFIG_DIR, config)
-    sentiment = config / "sentiment.yaml"
-    sentiment.write_text(
-        sentiment.read_text(encoding="utf-8").replace(
-            "stack: models/heads/sentiment-stack.json", "stack: null"
-        ),
-        encoding="utf-8",
-    )
-    with pytest.raises(ConfigError, match="thresholds_from_model") as error:
-        load_flagging_rules(config)
-    assert error.value.code == "E005"

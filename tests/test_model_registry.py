@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +30,6 @@ from models.sentiment.store_models import (
     score_model,
 )
 from pipelines._errors import ModelVersionError
-from pipelines.config import DEFAULT_CONFIG_DIR
 from pipelines.storage import (
     Store,
     list_models,
@@ -41,6 +39,7 @@ from pipelines.storage import (
     register_model,
     rollback_model,
 )
+from tests._configs import edited_configs
 from tests._tiny_stack import tiny_stack
 
 _START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -246,14 +245,11 @@ def test_promote_and_rollback_say_which_flag_thresholds_apply(db_url: str, tmp_p
     }
     with Store(db_url) as store:
         _register_model(store, stack, {"gate": {"passed": True, "reasons": []}})
-    fixed = tmp_path / "config"
-    shutil.copytree(DEFAULT_CONFIG_DIR, fixed)
-    flagging = fixed / "flagging.yaml"
-    flagging.write_text(
-        flagging.read_text(encoding="utf-8").replace(
-            "thresholds_from_model: true", "thresholds_from_model: false"
-        ),
-        encoding="utf-8",
+    fixed = edited_configs(
+        tmp_path / "config",
+        "flagging.yaml",
+        "thresholds_from_model: true",
+        "thresholds_from_model: false",
     )
     runner = CliRunner()
 

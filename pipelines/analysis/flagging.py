@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -188,13 +187,6 @@ def load_flagging_rules(config_dir: str | os.PathLike[str] | None = None) -> Fla
 
     file = config_path("flagging.yaml", config_dir)
     rules = load_yaml_model(file, FlaggingRules)
-    if rules.negative_document.thresholds_from_model and _committed_stack(config_dir) is None:
-        raise ConfigError(
-            f"{file}: negative_document.thresholds_from_model is true, but sentiment.yaml's "
-            "model stores no thresholds (only the e5_head backend with a `stack:` does). Set it "
-            "to false and give min_probability_by_language, or configure the stack.",
-            code="E005",
-        )
     known = [aspect.name for aspect in load_aspect_config(config_dir).aspects]
     unknown = [f"aspects.{name}" for name in rules.aspects if name not in known]
     if unknown:
@@ -204,14 +196,6 @@ def load_flagging_rules(config_dir: str | os.PathLike[str] | None = None) -> Fla
             code="E005",
         )
     return rules
-
-
-def _committed_stack(config_dir: str | os.PathLike[str] | None) -> Path | None:
-    """sentiment.yaml's committed stack (the models that store flag thresholds), if any."""
-    from pipelines.analysis.sentiment import load_sentiment_config
-
-    config = load_sentiment_config(config_dir)
-    return config.e5_head.stack_path if config.backend == "e5_head" else None
 
 
 def committed_model_thresholds(
@@ -227,8 +211,10 @@ def committed_model_thresholds(
     """
     from models.sentiment import StackMetadata
     from models.sentiment.store_models import flag_thresholds
+    from pipelines.analysis.sentiment import load_sentiment_config
 
-    path = _committed_stack(config_dir)
+    config = load_sentiment_config(config_dir)
+    path = config.e5_head.stack_path if config.backend == "e5_head" else None
     if path is None:
         return {}
     metadata = StackMetadata.read(path)
